@@ -1,0 +1,95 @@
+namespace SharpVM.Devices.Bus;
+
+/// <summary>
+/// An address space of device ranges: the port I/O space or the MMIO space. Registration refuses
+/// overlaps; lookups are a binary search over a sorted, immutable snapshot so vCPU threads never lock.
+/// </summary>
+public class DeviceBus(string name)
+{
+    private readonly object _registrationLock = new();
+    private BusRange[] _ranges = [];
+    private readonly List<BusRange> _byIndex = [];
+    private long _unclaimedReads, _unclaimedWrites;
+
+    public string Name { get; } = name;
+
+    /// <summary>All ranges, in registration order (index = <see cref="BusRange.Index"/>).</summary>
+    public IReadOnlyList<BusRange> Ranges
+    {
+        get { lock (_registrationLock) return _byIndex.ToArray(); }
+    }
+
+    public long UnclaimedReads => Interlocked.Read(ref _unclaimedReads);
+    public long UnclaimedWrites => Interlocked.Read(ref _unclaimedWrites);
+
+    /// <summary>Claims [start, start+length) for <paramref name="device"/>; throws if any part is already claimed.</summary>
+    public BusRange Register(ulong start, ulong length, IBusDevice device, string deviceName)
+    {
+        if (length == 0) throw new ArgumentException("a bus range cannot be empty", nameof(length));
+        if (start + length < start) throw new ArgumentException($"range 0x{start:x}+0x{length:x} wraps around", nameof(length));
+        lock (_registrationLock)
+        {
+            foreach (var r in _ranges)
+                if (start < r.End && r.Start < start + length)
+                    throw new InvalidOperationException(
+                        $"{Name} bus: {deviceName} [0x{start:x}-0x{start + length - 1:x}] overlaps {r}");
+            var range = new BusRange(start, length, device, deviceName, _byIndex.Count);
+            _byIndex.Add(range);
+            var next = _ranges.Append(range).OrderBy(x => x.Start).ToArray();
+            Volatile.Write(ref _ranges, next);
+            return range;
+        }
+    }
+
+    /// <summary>The range containing <paramref name="address"/>, or null.</summary>
+    public BusRange? Find(ulong address)
+    {
+        var ranges = Volatile.Read(ref _ranges);
+        int lo = 0, hi = ranges.Length - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            var r = ranges[mid];
+            if (address < r.Start) hi = mid - 1;
+            else if (address - r.Start >= r.Length) lo = mid + 1;
+            else return r;
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Dispatches a read. Unclaimed addresses read as all ones, as on real hardware with nothing
+    /// driving the bus, and are counted. Returns the range that served it, or null.
+    /// </summary>
+    public BusRange? Read(ulong address, Span<byte> data)
+    {
+        var r = Find(address);
+        if (r is null)
+        {
+            data.Fill(0xFF);
+            Interlocked.Increment(ref _unclaimedReads);
+            return null;
+        }
+        r.Device.Read(address - r.Start, data);
+        return r;
+    }
+
+    /// <summary>Dispatches a write; writes to unclaimed addresses are dropped and counted.</summary>
+    public BusRange? Write(ulong address, ReadOnlySpan<byte> data)
+    {
+        var r = Find(address);
+        if (r is null)
+        {
+            Interlocked.Increment(ref _unclaimedWrites);
+            return null;
+        }
+        r.Device.Write(address - r.Start, data);
+        return r;
+    }
+}
+
+/// <summary>The x86 port I/O space (64 Ki ports).</summary>
+public sealed class PioBus() : DeviceBus("PIO");
+
+/// <summary>The memory-mapped I/O space: guest-physical addresses that are not RAM.</summary>
+public sealed class MmioBus() : DeviceBus("MMIO");

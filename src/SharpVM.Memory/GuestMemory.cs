@@ -1,0 +1,152 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using SharpVM.Interop.Libc;
+
+namespace SharpVM.Memory;
+
+/// <summary>Options for allocating guest RAM.</summary>
+/// <param name="HugePages">Ask for transparent huge pages (MADV_HUGEPAGE): fewer TLB misses for the guest.</param>
+/// <param name="Mergeable">Let KSM merge identical pages across VMs (MADV_MERGEABLE).</param>
+public sealed record GuestMemoryOptions(bool HugePages = false, bool Mergeable = false);
+
+/// <summary>
+/// All of a guest's RAM. Every access is bounds-checked against the regions; nothing here can
+/// reach host memory outside them, whatever address the guest hands us.
+/// </summary>
+public sealed unsafe class GuestMemory : IDisposable
+{
+    private readonly GuestMemoryRegion[] _regions;
+
+    public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
+
+    /// <summary>Total RAM in bytes.</summary>
+    public ulong Size { get; }
+
+    /// <summary>
+    /// Software dirty log for writes made by SharpVM itself (devices, the emulated CPU). KVM keeps its
+    /// own log for guest writes on the KVM backend; both are merged for snapshots and migration.
+    /// </summary>
+    public DirtyBitmap? SoftwareDirtyLog { get; private set; }
+
+    private GuestMemory(GuestMemoryRegion[] regions)
+    {
+        _regions = regions;
+        foreach (var r in regions) Size += r.Size;
+    }
+
+    /// <summary>Maps <paramref name="ramBytes"/> of guest RAM laid out by <see cref="MemoryLayout"/>.</summary>
+    public static GuestMemory Create(ulong ramBytes, GuestMemoryOptions? options = null)
+    {
+        options ??= new GuestMemoryOptions();
+        var ranges = MemoryLayout.RamRanges(ramBytes);
+        var regions = new List<GuestMemoryRegion>();
+        try
+        {
+            foreach (var (start, size) in ranges)
+            {
+                var backing = MappedMemory.Anonymous(size);
+                regions.Add(new GuestMemoryRegion(start, size, backing));
+                if (options.HugePages) backing.Advise(MemoryAdvice.HugePage);
+                if (options.Mergeable) backing.Advise(MemoryAdvice.Mergeable);
+            }
+        }
+        catch
+        {
+            foreach (var r in regions) r.Dispose();
+            throw;
+        }
+        return new GuestMemory(regions.ToArray());
+    }
+
+    /// <summary>Starts recording pages written through this object (see <see cref="SoftwareDirtyLog"/>).</summary>
+    public void EnableSoftwareDirtyLog()
+    {
+        ulong top = _regions[^1].End.Value;
+        SoftwareDirtyLog = new DirtyBitmap(new GuestAddress(0), top);
+    }
+
+    /// <summary>The region holding <paramref name="address"/>, or null if it is not RAM.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public GuestMemoryRegion? FindRegion(GuestAddress address)
+    {
+        foreach (var r in _regions)
+            if (r.Contains(address)) return r;
+        return null;
+    }
+
+    /// <summary>True if the whole range [address, address+length) is RAM in one region.</summary>
+    public bool IsRam(GuestAddress address, ulong length) => FindRegion(address)?.Contains(address, length) == true;
+
+    /// <summary>
+    /// A reference to the first of <paramref name="length"/> bytes at <paramref name="address"/>, after
+    /// checking the whole range is inside one region.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ref byte GetReference(GuestAddress address, ulong length)
+    {
+        foreach (var r in _regions)
+        {
+            ulong offset = address.Value - r.Start.Value;
+            if (address.Value >= r.Start.Value && offset < r.Size && length <= r.Size - offset)
+                // SAFETY: offset + length <= region size, checked just above; the mapping lives as long as this object.
+                return ref Unsafe.AsRef<byte>(r.Backing.Pointer + offset);
+        }
+        throw new GuestMemoryException(address, length);
+    }
+
+    /// <summary>A span over guest RAM; throws <see cref="GuestMemoryException"/> if not all of it is RAM.</summary>
+    public Span<byte> GetSpan(GuestAddress address, int length)
+    {
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
+        if (length == 0) return Span<byte>.Empty;
+        return MemoryMarshal.CreateSpan(ref GetReference(address, (ulong)length), length);
+    }
+
+    /// <summary>Like <see cref="GetSpan"/> for writing: also records the pages as dirty.</summary>
+    public Span<byte> GetWritableSpan(GuestAddress address, int length)
+    {
+        var span = GetSpan(address, length);
+        SoftwareDirtyLog?.MarkRange(address, (ulong)length);
+        return span;
+    }
+
+    public T Read<T>(GuestAddress address) where T : unmanaged =>
+        Unsafe.ReadUnaligned<T>(ref GetReference(address, (ulong)sizeof(T)));
+
+    public void Write<T>(GuestAddress address, T value) where T : unmanaged
+    {
+        Unsafe.WriteUnaligned(ref GetReference(address, (ulong)sizeof(T)), value);
+        SoftwareDirtyLog?.MarkRange(address, (ulong)sizeof(T));
+    }
+
+    /// <summary>Copies guest bytes into <paramref name="destination"/>; the range may span regions only if both are RAM.</summary>
+    public void Read(GuestAddress address, Span<byte> destination)
+    {
+        while (!destination.IsEmpty)
+        {
+            var region = FindRegion(address) ?? throw new GuestMemoryException(address, (ulong)destination.Length);
+            int chunk = (int)Math.Min((ulong)destination.Length, region.End - address);
+            GetSpan(address, chunk).CopyTo(destination);
+            destination = destination[chunk..];
+            address += (ulong)chunk;
+        }
+    }
+
+    /// <summary>Copies <paramref name="source"/> into guest RAM at <paramref name="address"/>.</summary>
+    public void Write(GuestAddress address, ReadOnlySpan<byte> source)
+    {
+        while (!source.IsEmpty)
+        {
+            var region = FindRegion(address) ?? throw new GuestMemoryException(address, (ulong)source.Length);
+            int chunk = (int)Math.Min((ulong)source.Length, region.End - address);
+            source[..chunk].CopyTo(GetWritableSpan(address, chunk));
+            source = source[chunk..];
+            address += (ulong)chunk;
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var r in _regions) r.Dispose();
+    }
+}
