@@ -18,6 +18,9 @@ public interface IHypervisor : IDisposable
     /// or, on KVM, in the kernel.
     /// </summary>
     IVirtualMachine CreateVm(GuestMemory memory, PioBus pio, MmioBus mmio, VmPlatformOptions options);
+
+    /// <summary>The CPUID leaves this backend can present to a guest (before the VMM's policy is applied).</summary>
+    IReadOnlyList<CpuidEntry> GetSupportedCpuid();
 }
 
 /// <summary>What the backend should provide besides the CPUs.</summary>

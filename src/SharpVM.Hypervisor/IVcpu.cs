@@ -20,6 +20,12 @@ public interface IVcpu : IDisposable
     /// </summary>
     void RequestExit();
 
+    /// <summary>
+    /// Makes an application processor runnable at the registers set, as if INIT/SIPI had started it
+    /// (test guests and direct boots; Linux starts its APs itself).
+    /// </summary>
+    void MakeRunnable() { }
+
     /// <summary>Prepares the calling thread to run this vCPU (signal masks and the like). Call once, on the vCPU thread.</summary>
     void AttachToCurrentThread();
 

@@ -1,0 +1,29 @@
+using SharpVM.Devices.Bus;
+using SharpVM.Interop.Kvm;
+using SharpVM.Memory;
+
+namespace SharpVM.Hypervisor.Kvm;
+
+/// <summary>The KVM backend: guest code runs on the host CPU through /dev/kvm.</summary>
+public sealed class KvmHypervisor : IHypervisor
+{
+    private readonly KvmSystem _system;
+
+    public string Name => "kvm";
+
+    /// <summary>The /dev/kvm handle, for capability queries.</summary>
+    public KvmSystem System => _system;
+
+    private KvmHypervisor(KvmSystem system) => _system = system;
+
+    /// <summary>Opens /dev/kvm; throws <see cref="KvmUnavailableException"/> with a one-line fix if it cannot.</summary>
+    public static KvmHypervisor Open(string devicePath = KvmSystem.DevicePath) => new(KvmSystem.Open(devicePath));
+
+    public IVirtualMachine CreateVm(GuestMemory memory, PioBus pio, MmioBus mmio, VmPlatformOptions options) =>
+        new KvmMachine(_system, memory, options);
+
+    public IReadOnlyList<CpuidEntry> GetSupportedCpuid() =>
+        _system.GetSupportedCpuid().Select(KvmConversions.ToCpuidEntry).ToArray();
+
+    public void Dispose() => _system.Dispose();
+}
