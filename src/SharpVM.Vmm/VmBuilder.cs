@@ -1,0 +1,58 @@
+using SharpVM.Devices.Bus;
+using SharpVM.Hypervisor;
+using SharpVM.Hypervisor.Kvm;
+using SharpVM.Memory;
+using SharpVM.Vmm.Host;
+using SharpVM.Vmm.X86;
+
+namespace SharpVM.Vmm;
+
+/// <summary>Turns a <see cref="VmConfig"/> into a live <see cref="VirtualMachine"/> on the chosen backend.</summary>
+public static class VmBuilder
+{
+    /// <summary>Opens the backend the config asks for (auto: see <see cref="AcceleratorPolicy"/>).</summary>
+    public static IHypervisor OpenHypervisor(Accelerator accelerator)
+    {
+        var choice = AcceleratorPolicy.Resolve(accelerator, accelerator == Accelerator.Auto ? HostProbe.Probe() : EmptyHost);
+        return choice.Chosen switch
+        {
+            Accelerator.Kvm => KvmHypervisor.Open(),
+            _ => throw new NotSupportedException("the emulated CPU backend (--accel emu) is not available in this build yet"),
+        };
+    }
+
+    private static readonly HostReport EmptyHost = new("", "", false, false, KvmProvider.None, false, null, null, [], null, null, null, null);
+
+    /// <summary>Builds a VM; <paramref name="hypervisor"/> if given is borrowed, otherwise one is opened and owned.</summary>
+    public static VirtualMachine Build(VmConfig config, IHypervisor? hypervisor = null)
+    {
+        config.Validate();
+        bool owns = hypervisor is null;
+        hypervisor ??= OpenHypervisor(config.Accelerator);
+        GuestMemory? memory = null;
+        IVirtualMachine? machine = null;
+        try
+        {
+            memory = GuestMemory.Create(config.MemoryBytes, new GuestMemoryOptions(config.HugePages, config.MergeablePages));
+            var pio = new PioBus();
+            var mmio = new MmioBus();
+            machine = hypervisor.CreateVm(memory, pio, mmio, new VmPlatformOptions(config.InterruptController, config.Pit));
+            var vm = new VirtualMachine(config, hypervisor, owns, memory, pio, mmio, machine);
+            var supported = hypervisor.GetSupportedCpuid();
+            for (int i = 0; i < config.Cpus; i++)
+            {
+                var vcpu = machine.CreateVcpu(i);
+                vcpu.SetCpuid(CpuidPolicy.ForVcpu(supported, i, config.Cpus));
+                vm.AddVcpu(vcpu);
+            }
+            return vm;
+        }
+        catch
+        {
+            machine?.Dispose();
+            memory?.Dispose();
+            if (owns) hypervisor.Dispose();
+            throw;
+        }
+    }
+}
