@@ -1,0 +1,70 @@
+using Iced.Intel;
+using SharpVM.Hypervisor;
+using SharpVM.Memory;
+using SharpVM.Vmm;
+using SharpVM.Vmm.X86;
+
+namespace SharpVM.Integration.Tests.Infrastructure;
+
+/// <summary>The CPU mode a test guest starts in.</summary>
+public enum GuestMode { Real, Protected, Long }
+
+/// <summary>
+/// A small guest assembled in C# with Iced, loaded into a fresh VM and started directly in the mode
+/// it was written for.
+/// </summary>
+public static class TestGuest
+{
+    public const ulong CodeAddress = 0x10000;  // below 1 MiB, so real mode reaches it as 1000:0000
+    public const ulong StackTop = 0x7000;
+
+    public static byte[] Assemble(Assembler assembler, ulong address)
+    {
+        var stream = new MemoryStream();
+        assembler.Assemble(new StreamCodeWriter(stream), address);
+        return stream.ToArray();
+    }
+
+    public static int Bitness(GuestMode mode) => mode switch { GuestMode.Real => 16, GuestMode.Protected => 32, _ => 64 };
+
+    /// <summary>Builds a VM, loads <paramref name="code"/> at <see cref="CodeAddress"/> and arranges for every vCPU to start there in <paramref name="mode"/>.</summary>
+    public static VirtualMachine Create(IHypervisor hypervisor, byte[] code, GuestMode mode, VmConfig? config = null,
+        Func<IVcpu, Registers, Registers>? adjust = null)
+    {
+        config ??= new VmConfig { MemoryBytes = 64UL << 20, InterruptController = false, Pit = false };
+        var vm = VmBuilder.Build(config, hypervisor);
+        vm.Memory.Write(new GuestAddress(CodeAddress), code);
+        var memory = vm.Memory;
+        // The tables are shared by all vCPUs; write them once here rather than per vCPU.
+        SpecialRegisters? template = null;
+        var templateLock = new object();
+        vm.VcpuSetup = vcpu =>
+        {
+            SpecialRegisters sregs;
+            lock (templateLock)
+            {
+                var current = vcpu.GetSpecialRegisters();
+                template ??= mode switch
+                {
+                    GuestMode.Real => GuestCpuSetup.RealMode(current, CodeAddress),
+                    GuestMode.Protected => GuestCpuSetup.ProtectedMode(memory, current),
+                    _ => GuestCpuSetup.LongMode(memory, current),
+                };
+                sregs = template.Value;
+                sregs.ApicBase = current.ApicBase;
+            }
+            vcpu.SetSpecialRegisters(sregs);
+            var regs = new Registers
+            {
+                Rip = mode == GuestMode.Real ? 0 : CodeAddress,
+                Rsp = StackTop - (ulong)vcpu.Id * 0x400,
+                Rflags = 2,
+                Rdi = (ulong)vcpu.Id,
+            };
+            if (adjust is not null) regs = adjust(vcpu, regs);
+            vcpu.SetRegisters(regs);
+            if (vcpu.Id != 0) vcpu.MakeRunnable();
+        };
+        return vm;
+    }
+}

@@ -1,0 +1,93 @@
+using Iced.Intel;
+using SharpVM.Integration.Tests.Infrastructure;
+using SharpVM.Memory;
+using SharpVM.Vmm.Exits;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace SharpVM.Integration.Tests;
+
+/// <summary>Port I/O of every width, in every CPU mode, through the real /dev/kvm and SharpVM's PIO bus.</summary>
+public class PioTests
+{
+    private const ushort OutPort = 0x10, InPort = 0x20;
+    private const ulong Results = 0x20000;
+
+    [Theory]
+    [InlineData(GuestMode.Real)]
+    [InlineData(GuestMode.Protected)]
+    [InlineData(GuestMode.Long)]
+    public void OutAndInOfOneTwoAndFourBytesReachTheBus(GuestMode mode)
+    {
+        var a = new Assembler(TestGuest.Bitness(mode));
+        a.mov(al, 0x12);
+        a.@out((byte)OutPort, al);
+        a.mov(ax, 0x3456);
+        a.@out((byte)OutPort, ax);
+        a.mov(eax, 0x789ABCDE);
+        a.@out((byte)OutPort, eax);
+        a.mov(dx, InPort);
+        if (mode == GuestMode.Real)
+        {
+            // Real mode reaches only 64 KiB through a segment: point DS at the results.
+            a.mov(ax, (ushort)(Results >> 4));
+            a.mov(ds, ax);
+            a.@in(al, dx);
+            a.mov(__byte_ptr[0], al);
+            a.@in(ax, dx);
+            a.mov(__word_ptr[2], ax);
+            a.@in(eax, dx);
+            a.mov(__dword_ptr[4], eax);
+        }
+        else
+        {
+            a.@in(al, dx);
+            a.mov(__byte_ptr[Results], al);
+            a.@in(ax, dx);
+            a.mov(__word_ptr[Results + 2], ax);
+            a.@in(eax, dx);
+            a.mov(__dword_ptr[Results + 4], eax);
+        }
+        a.hlt();
+
+        using var kvm = Kvm.Open();
+        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), mode);
+        var outDevice = new RecordingDevice();
+        var inDevice = new RecordingDevice();
+        vm.Pio.Register(OutPort, 1, outDevice, "out-recorder");
+        vm.Pio.Register(InPort, 1, inDevice, "in-pattern");
+        vm.Start();
+        var report = vm.WaitForStop(TimeSpan.FromSeconds(30));
+
+        Assert.True(report.Kind == VmStopKind.Halted, report.Describe());
+        Assert.Equal([(1, 0x12UL), (2, 0x3456UL), (4, 0x789ABCDEUL)], outDevice.Writes.Select(w => (w.Width, w.Value)));
+        Assert.Equal([1, 2, 4], inDevice.Reads.Select(r => r.Width));
+        Assert.Equal((byte)RecordingDevice.Pattern(0, 1), vm.Memory.Read<byte>(new GuestAddress(Results)));
+        Assert.Equal((ushort)RecordingDevice.Pattern(0, 2), vm.Memory.Read<ushort>(new GuestAddress(Results + 2)));
+        Assert.Equal((uint)RecordingDevice.Pattern(0, 4), vm.Memory.Read<uint>(new GuestAddress(Results + 4)));
+        var stats = vm.Vcpus[0].Statistics;
+        Assert.Equal(3, stats.Count(ExitKind.PioWrite));
+        Assert.Equal(3, stats.Count(ExitKind.PioRead));
+        Assert.Equal(3, stats.PortCount(OutPort));
+        Assert.Equal(1, stats.Count(ExitKind.Halt));
+    }
+
+    [Fact]
+    public void UnclaimedPortsReadAllOnesAndAreCounted()
+    {
+        var a = new Assembler(64);
+        a.mov(dx, 0x1234);
+        a.@in(eax, dx);
+        a.mov(__dword_ptr[Results], eax);
+        a.mov(al, 1);
+        a.@out(dx, al);
+        a.hlt();
+        using var kvm = Kvm.Open();
+        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        vm.Start();
+        var report = vm.WaitForStop(TimeSpan.FromSeconds(30));
+        Assert.True(report.Kind == VmStopKind.Halted, report.Describe());
+        Assert.Equal(0xFFFF_FFFFu, vm.Memory.Read<uint>(new GuestAddress(Results)));
+        Assert.Equal(1, vm.Pio.UnclaimedReads);
+        Assert.Equal(1, vm.Pio.UnclaimedWrites);
+    }
+}
