@@ -77,7 +77,9 @@ public sealed class VcpuThread
             _requested = VcpuState.Stopped;
             Monitor.PulseAll(_lock);
         }
-        if (Thread.CurrentThread != _thread) _vcpu.RequestExit();
+        // On the vCPU's own thread (a device ending the VM mid-exit) this arms immediate_exit, so
+        // the next Run returns at once instead of re-entering the guest.
+        _vcpu.RequestExit();
     }
 
     /// <summary>Waits for the thread to end.</summary>

@@ -68,3 +68,21 @@ public static class TestGuest
         return vm;
     }
 }
+
+/// <summary>Code snippets test guests share.</summary>
+public static class GuestSnippets
+{
+    public const ulong UserStackTop = 0x6000;
+
+    /// <summary>From 64-bit CPL0, IRETQ to <paramref name="userCode"/> at CPL3 with IOPL 3 (so user code may use IN/OUT).</summary>
+    public static void EnterUserMode(Assembler a, Label userCode)
+    {
+        a.push((int)Vmm.X86.GuestCpuSetup.UserDataSelector);
+        a.push((int)UserStackTop);
+        a.push(0x3002);                     // RFLAGS: IOPL=3, reserved bit 1, interrupts off
+        a.push((int)Vmm.X86.GuestCpuSetup.UserCode64Selector);
+        a.lea(AssemblerRegisters.rax, AssemblerRegisters.__[userCode]);
+        a.push(AssemblerRegisters.rax);
+        a.iretq();
+    }
+}
