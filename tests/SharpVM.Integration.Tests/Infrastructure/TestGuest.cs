@@ -74,7 +74,10 @@ public static class GuestSnippets
 {
     public const ulong UserStackTop = 0x6000;
 
-    /// <summary>From 64-bit CPL0, IRETQ to <paramref name="userCode"/> at CPL3 with IOPL 3 (so user code may use IN/OUT).</summary>
+    /// <summary>
+    /// From 64-bit CPL0, IRETQ to <paramref name="userCode"/> at CPL3, asking for IOPL 3. (kvm_pvm
+    /// ignores the IOPL request: user code there must use MMIO, not IN/OUT.)
+    /// </summary>
     public static void EnterUserMode(Assembler a, Label userCode)
     {
         a.push((int)Vmm.X86.GuestCpuSetup.UserDataSelector);
