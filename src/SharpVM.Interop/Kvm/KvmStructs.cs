@@ -119,8 +119,9 @@ public unsafe struct KvmVcpuEvents
     public uint SipiVector;
     public uint Flags;
     // smi
-    public byte SmiSmm, SmiPending, SmiInsideNmi, SmiLatchedInit;
-    public fixed byte Reserved[27];
+    public byte SmiSmm, SmiPending, SmiSmmInsideNmi, SmiLatchedInit;
+    public byte TripleFaultPending;
+    public fixed byte Reserved[26];
     public byte ExceptionHasPayload;
     public ulong ExceptionPayload;
 }
@@ -275,8 +276,8 @@ public unsafe struct KvmRunSystemEvent
     public fixed ulong Data[16];
 }
 
-/// <summary>The shared kvm_run page: the head fields and the exit-reason union at offset 32.</summary>
-[StructLayout(LayoutKind.Explicit, Size = 304)]
+/// <summary>The shared kvm_run page: the head fields, the exit-reason union at offset 32, and the sync-regs area after it.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 2352)]
 public struct KvmRun
 {
     [FieldOffset(0)] public byte RequestInterruptWindow;
