@@ -17,6 +17,12 @@ public static class CliRunner
             Console.Error.WriteLine($"sharpvm: {e.Message}");
             return e.ExitCode;
         }
+        catch (SharpVM.Interop.Kvm.KvmUnavailableException e)
+        {
+            // No /dev/kvm, no permission, wrong API version: one line naming the fix, from every command.
+            Console.Error.WriteLine($"sharpvm: {e.Message}");
+            return 1;
+        }
     }
 }
 

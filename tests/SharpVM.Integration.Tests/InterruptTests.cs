@@ -50,7 +50,7 @@ public class InterruptTests
         var ready = new ManualResetEventSlim();
         var ports = new RecordingDevice { OnWrite = w => { if (w.Offset == 0) ready.Set(); } };
         vm.Pio.Register(ReadyPort, 2, ports, "test-ports");
-        vm.Pio.Register(DebugExitDevice.Port, 1, new DebugExitDevice(vm), "debug-exit");
+        DebugExitDevice.Attach(vm);
         using var line = ((KvmMachine)vm.Machine).CreateIrqfdLine(Irq);
         vm.Start();
         Assert.True(ready.Wait(TimeSpan.FromSeconds(30)), "the guest never got ready");

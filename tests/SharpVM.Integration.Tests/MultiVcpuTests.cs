@@ -46,7 +46,7 @@ public class MultiVcpuTests
         using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long, config);
         var ids = new RecordingDevice();
         vm.Pio.Register(IdPort, 1, ids, "vcpu-ids");
-        vm.Pio.Register(DebugExitDevice.Port, 1, new DebugExitDevice(vm), "debug-exit");
+        DebugExitDevice.Attach(vm);
         vm.Start();
         var report = vm.WaitForStop(TimeSpan.FromSeconds(60));
 

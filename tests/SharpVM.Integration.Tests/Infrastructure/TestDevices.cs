@@ -38,16 +38,12 @@ public sealed class RecordingDevice : IBusDevice
     public Access[] Reads => Accesses.Where(a => !a.IsWrite).ToArray();
 }
 
-/// <summary>
-/// Like QEMU's isa-debug-exit: a guest write ends the VM with the written value as its exit code.
-/// Test guests that run with an in-kernel irqchip (where HLT never exits) end through it.
-/// </summary>
-public sealed class DebugExitDevice(VirtualMachine vm) : IBusDevice
+/// <summary>Wires the debug-exit port (0xF4): a guest write ends the VM with that exit code.</summary>
+public static class DebugExitDevice
 {
-    public const ushort Port = 0xF4;
+    public const ushort Port = SharpVM.Devices.Debug.DebugExit.Port;
 
-    public void Read(ulong offset, Span<byte> data) => data.Fill(0xFF);
-
-    public void Write(ulong offset, ReadOnlySpan<byte> data) =>
-        vm.RequestStop(new VmStopReport(VmStopKind.Requested, $"the guest wrote {data[0]} to the debug-exit port", GuestExitCode: data[0]));
+    public static void Attach(VirtualMachine vm) =>
+        vm.Pio.Register(Port, 1, new SharpVM.Devices.Debug.DebugExit(code =>
+            vm.RequestStop(new VmStopReport(VmStopKind.Requested, $"the guest wrote {code} to the debug-exit port", GuestExitCode: code))), "debug-exit");
 }
