@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs SharpVM's whole test suite. Installs what it needs first (see scripts/install-deps.sh).
+set -euo pipefail
+cd "$(dirname "$0")"
+./scripts/install-deps.sh
+results="$(mktemp -d)"
+set +e
+dotnet test SharpVM.slnx -c Release --logger "trx" --results-directory "$results" --logger "console;verbosity=normal"
+status=$?
+set -e
+# One closing line over every test assembly: "N passed, N failed, N skipped".
+python3 - "$results" <<'PY'
+import sys, glob, xml.etree.ElementTree as ET
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+passed = failed = skipped = 0
+for f in glob.glob(sys.argv[1] + "/*.trx"):
+    c = ET.parse(f).getroot().find("t:ResultSummary/t:Counters", ns)
+    passed += int(c.get("passed")); failed += int(c.get("failed")) + int(c.get("error")) + int(c.get("timeout"))
+    skipped += int(c.get("notExecuted"))
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
