@@ -60,7 +60,9 @@ public sealed class DualPic8259 : IExtIntSource
 
     private bool IntrLocked() => _master.PendingIrq() >= 0;
 
-    private void UpdateCascadeLocked() => _master.SetInput(2, _slave.PendingIrq() >= 0);
+    // The slave's INT output is wired to the master's IR2 and is treated as level-sensitive there, so a
+    // slave request that goes away (a level IRQ deasserted before INTA) also withdraws IR2.
+    private void UpdateCascadeLocked() => _master.SetCascadeInput(_slave.PendingIrq() >= 0);
 
     /// <inheritdoc/>
     public int AcknowledgeInterrupt()
@@ -215,6 +217,13 @@ public sealed class DualPic8259 : IExtIntSource
                     if ((_inputs & m) != 0) Irr |= m; else Irr &= (byte)~m;
                 }
             }
+        }
+
+        public void SetCascadeInput(bool level)
+        {
+            const byte m = 1 << 2;
+            if (level) { Irr |= m; _inputs |= m; }
+            else { Irr &= unchecked((byte)~m); _inputs &= unchecked((byte)~m); }
         }
 
         public void SetInput(int irq, bool level)

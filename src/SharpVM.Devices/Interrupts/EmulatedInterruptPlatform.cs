@@ -59,7 +59,7 @@ public sealed class EmulatedInterruptPlatform : IDisposable
     /// Registers the devices: PIC 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1, PIT 0x40-0x43, port 0x61
     /// (unless <paramref name="includeSystemControlPort"/> is false, for a VMM whose keyboard controller
     /// model owns it: forward it to <see cref="Pit8254.SystemControlPortDevice"/>), the IOAPIC at
-    /// 0xFEC00000 and the xAPIC page at 0xFEE00000.
+    /// 0xFEC00000 and the interrupt range 0xFEE00000-0xFEEFFFFF (xAPIC page + MSI window).
     /// </summary>
     public void RegisterDevices(PioBus pio, MmioBus mmio, bool includeSystemControlPort = true)
     {
@@ -72,7 +72,7 @@ public sealed class EmulatedInterruptPlatform : IDisposable
         if (includeSystemControlPort)
             pio.Register(Pit8254.SystemControlPort, 1, Pit.SystemControlPortDevice, "port61");
         mmio.Register(IoApic.DefaultBaseAddress, IoApic.MmioSize, IoApic, "ioapic");
-        mmio.Register(LocalApic.DefaultBaseAddress, LocalApic.MmioSize, LocalApicMmio, "lapic");
+        mmio.Register(LocalApic.DefaultBaseAddress, LocalApicMmioDevice.RangeSize, LocalApicMmio, "lapic-msi");
     }
 
     /// <summary>The input line of global system interrupt <paramref name="gsi"/> (0..23).</summary>

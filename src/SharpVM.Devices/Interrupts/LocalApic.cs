@@ -1054,18 +1054,22 @@ public sealed class LocalApic : IVcpuInterruptSource
 }
 
 /// <summary>
-/// The xAPIC page on the MMIO bus (register at <see cref="LocalApic.DefaultBaseAddress"/>, length
-/// <see cref="LocalApic.MmioSize"/>). Real hardware has one page per CPU at the same address; the bus call
-/// carries no CPU identity, so this device serves the APIC bound to the calling thread
-/// (<see cref="LocalApic.BindCurrentThread"/>). A write from an unbound thread (a device doing DMA into
-/// 0xFEExxxxx) is an MSI; an unbound read returns all ones.
+/// The interrupt address range 0xFEE00000-0xFEEFFFFF on the MMIO bus (register at
+/// <see cref="LocalApic.DefaultBaseAddress"/>, length <see cref="RangeSize"/>). Its first page is the xAPIC
+/// register page. Real hardware has one page per CPU at the same address; the bus call carries no CPU
+/// identity, so this device serves the APIC bound to the calling thread
+/// (<see cref="LocalApic.BindCurrentThread"/>). A 32-bit write from an unbound thread (a device model
+/// doing DMA into 0xFEExxxxx) is an MSI; unbound reads, and CPU accesses beyond the page, read all ones.
 /// </summary>
 public sealed class LocalApicMmioDevice(ApicBus bus) : IBusDevice
 {
+    /// <summary>The whole MSI address window (1 MiB): destination IDs live in address bits 19:12.</summary>
+    public const ulong RangeSize = 0x10_0000;
+
     public void Read(ulong offset, Span<byte> data)
     {
         var apic = LocalApic.Current;
-        if (apic is null || !ReferenceEquals(apic.Bus, bus))
+        if (apic is null || !ReferenceEquals(apic.Bus, bus) || offset >= LocalApic.MmioSize)
         {
             data.Fill(0xFF);
             return;
@@ -1076,6 +1080,7 @@ public sealed class LocalApicMmioDevice(ApicBus bus) : IBusDevice
     public void Write(ulong offset, ReadOnlySpan<byte> data)
     {
         var apic = LocalApic.Current;
+        if (apic is not null && ReferenceEquals(apic.Bus, bus) && offset >= LocalApic.MmioSize) return;
         if (apic is null || !ReferenceEquals(apic.Bus, bus))
         {
             if (data.Length == 4 && ApicMessage.TryDecodeMsi(LocalApic.DefaultBaseAddress + offset,
