@@ -18,6 +18,7 @@ public sealed class DualPic8259 : IExtIntSource
     private readonly object _lock = new();
     private readonly Chip _master = new(isMaster: true), _slave = new(isMaster: false);
     private long _acknowledged, _spurious;
+    private volatile bool _intr; // the INTR output, refreshed under the lock, read lock-free by the CPU poll
 
     /// <inheritdoc/>
     public event Action? InterruptRequestRaised;
@@ -53,16 +54,17 @@ public sealed class DualPic8259 : IExtIntSource
     }
 
     /// <inheritdoc/>
-    public bool InterruptRequested
-    {
-        get { lock (_lock) return IntrLocked(); }
-    }
+    public bool InterruptRequested => _intr;
 
     private bool IntrLocked() => _master.PendingIrq() >= 0;
 
     // The slave's INT output is wired to the master's IR2 and is treated as level-sensitive there, so a
     // slave request that goes away (a level IRQ deasserted before INTA) also withdraws IR2.
-    private void UpdateCascadeLocked() => _master.SetCascadeInput(_slave.PendingIrq() >= 0);
+    private void UpdateCascadeLocked()
+    {
+        _master.SetCascadeInput(_slave.PendingIrq() >= 0);
+        _intr = IntrLocked();
+    }
 
     /// <inheritdoc/>
     public int AcknowledgeInterrupt()
@@ -153,6 +155,27 @@ public sealed class DualPic8259 : IExtIntSource
         }
     }
 
+    /// <summary>Captures both chips' state for a snapshot.</summary>
+    public DualPic8259State SaveState()
+    {
+        lock (_lock) return new DualPic8259State(_master.Save(), _slave.Save());
+    }
+
+    /// <summary>Restores a saved state (INTR is re-evaluated; a raised INTR is announced).</summary>
+    public void RestoreState(DualPic8259State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        bool raised;
+        lock (_lock)
+        {
+            _master.Restore(state.Master);
+            _slave.Restore(state.Slave);
+            UpdateCascadeLocked();
+            raised = _intr;
+        }
+        if (raised) InterruptRequestRaised?.Invoke();
+    }
+
     private sealed class Ports(DualPic8259 pic, Chip chip) : IBusDevice
     {
         public void Read(ulong offset, Span<byte> data)
@@ -204,6 +227,29 @@ public sealed class DualPic8259 : IExtIntSource
         private bool _needIcw4, _single, _autoEoi, _rotateOnAutoEoi, _specialFullyNested, _specialMask;
         public bool ReadIsr, Poll;
         private readonly bool _isMaster = isMaster;
+
+        public Pic8259ChipState Save() => new(Irr, Isr, Imr, Elcr, _inputs, (byte)VectorBase, _priorityAdd, _initStep,
+            _needIcw4, _single, _autoEoi, _rotateOnAutoEoi, _specialFullyNested, _specialMask, ReadIsr, Poll);
+
+        public void Restore(Pic8259ChipState s)
+        {
+            Irr = s.Irr;
+            Isr = s.Isr;
+            Imr = s.Imr;
+            Elcr = (byte)(s.Elcr & _elcrMask);
+            _inputs = s.Inputs;
+            VectorBase = s.VectorBase & 0xF8;
+            _priorityAdd = s.PriorityAdd & 7;
+            _initStep = s.InitStep is >= 0 and <= 3 ? s.InitStep : 0;
+            _needIcw4 = s.NeedIcw4;
+            _single = s.Single;
+            _autoEoi = s.AutoEoi;
+            _rotateOnAutoEoi = s.RotateOnAutoEoi;
+            _specialFullyNested = s.SpecialFullyNested;
+            _specialMask = s.SpecialMask;
+            ReadIsr = s.ReadIsr;
+            Poll = s.Poll;
+        }
 
         public void SetElcr(byte value)
         {
@@ -361,3 +407,12 @@ public sealed class DualPic8259 : IExtIntSource
         }
     }
 }
+
+/// <summary>One 8259A's state for snapshots.</summary>
+public sealed record Pic8259ChipState(
+    byte Irr, byte Isr, byte Imr, byte Elcr, byte Inputs, byte VectorBase, int PriorityAdd, int InitStep,
+    bool NeedIcw4, bool Single, bool AutoEoi, bool RotateOnAutoEoi, bool SpecialFullyNested, bool SpecialMask,
+    bool ReadIsr, bool Poll);
+
+/// <summary>The 8259 pair's state for snapshots.</summary>
+public sealed record DualPic8259State(Pic8259ChipState Master, Pic8259ChipState Slave);

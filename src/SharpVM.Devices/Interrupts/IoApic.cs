@@ -116,6 +116,31 @@ public sealed class IoApic : IBusDevice
         if (usesEoi && accepted > 0) _redirection[pin] = e | RemoteIrr;
     }
 
+    // ---------------------------------------------------------------- Snapshot
+
+    public IoApicState SaveState()
+    {
+        lock (_lock) return new IoApicState(_id, _ioRegSel, [.. _redirection], [.. _level]);
+    }
+
+    /// <summary>Restores a saved state. Nothing is delivered: pending work is already in the local APICs' state.</summary>
+    public void RestoreState(IoApicState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.Redirection.Length != PinCount || state.PinLevels.Length != PinCount)
+            throw new ArgumentException("IOAPIC state must have 24 redirection entries and pin levels", nameof(state));
+        lock (_lock)
+        {
+            _id = state.Id & 0xF;
+            _ioRegSel = state.IoRegSel & 0xFF;
+            for (int i = 0; i < PinCount; i++)
+            {
+                _redirection[i] = state.Redirection[i] & (WritableMask | RemoteIrr);
+                _level[i] = state.PinLevels[i];
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- MMIO
 
     public void Read(ulong offset, Span<byte> data)
@@ -193,3 +218,6 @@ public sealed class IoApic : IBusDevice
         }
     }
 }
+
+/// <summary>The IOAPIC's state for snapshots.</summary>
+public sealed record IoApicState(uint Id, uint IoRegSel, ulong[] Redirection, bool[] PinLevels);

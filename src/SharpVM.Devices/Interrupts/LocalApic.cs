@@ -486,6 +486,7 @@ public sealed class LocalApic : IVcpuInterruptSource
         SetBit(_irr, vector);
         ClearBit(_tmr, vector);
         _anyIrr = true;
+        _accepted++;
     }
 
     /// <summary>Delivers a local (LVT) interrupt; returns whether the CPU should be woken.</summary>
@@ -1019,6 +1020,68 @@ public sealed class LocalApic : IVcpuInterruptSource
         if (wake) WakeUp?.Invoke();
     }
 
+    // ---------------------------------------------------------------- Snapshot
+
+    /// <summary>Captures the APIC's state (timer positions relative to the device clock's now).</summary>
+    public LocalApicState SaveState()
+    {
+        lock (_lock)
+        {
+            long now = _clock.NowNanoseconds;
+            return new LocalApicState(
+                _id, _apicBase, [.. _irr], [.. _isr], [.. _tmr], _tpr, _ldr, _dfr, _svr, _esr, _esrPending,
+                _icrLow, _icrHigh, [.. _lvt], [.. _lintLevel], _timerInitial, _timerDivide,
+                _timerRunning ? now - _timerStart : -1, _timerFired, _tscDeadline,
+                _nmiPending, _initPending, _sipiPending, _waitingForSipi, _sipiVector, _ioApicExtInt);
+        }
+    }
+
+    /// <summary>Restores a state from <see cref="SaveState"/> (possibly taken on another clock) and re-arms the timer.
+    /// Malformed state (wrong array lengths) throws <see cref="ArgumentException"/> without changing anything.</summary>
+    public void RestoreState(LocalApicState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.Irr.Length != 8 || state.Isr.Length != 8 || state.Tmr.Length != 8 ||
+            state.Lvt.Length != _lvt.Length || state.LintLevels.Length != 2)
+            throw new ArgumentException("local APIC state has malformed register arrays", nameof(state));
+        lock (_lock)
+        {
+            long now = _clock.NowNanoseconds;
+            _id = state.ApicId;
+            _apicBase = (state.ApicBase & ~BaseBsp) | (IsBootstrapProcessor ? BaseBsp : 0);
+            state.Irr.CopyTo(_irr, 0);
+            state.Isr.CopyTo(_isr, 0);
+            state.Tmr.CopyTo(_tmr, 0);
+            _tpr = state.Tpr & 0xFF;
+            _ldr = state.Ldr;
+            _dfr = state.Dfr;
+            _svr = state.Svr;
+            _esr = state.Esr;
+            _esrPending = state.EsrPending;
+            _icrLow = state.IcrLow;
+            _icrHigh = state.IcrHigh;
+            for (int i = 0; i < _lvt.Length; i++) _lvt[i] = state.Lvt[i] & LvtWritable[i];
+            state.LintLevels.CopyTo(_lintLevel, 0);
+            _timerInitial = state.TimerInitialCount;
+            _timerDivide = state.TimerDivideConfig & 0xB;
+            _timerRunning = state.TimerElapsedNanoseconds >= 0 && _timerInitial != 0;
+            _timerStart = _timerRunning ? now - state.TimerElapsedNanoseconds : now;
+            _timerFired = state.TimerPeriodsFired;
+            _tscDeadline = state.TscDeadline;
+            _nmiPending = state.NmiPending;
+            _initPending = state.InitPending;
+            _sipiPending = state.SipiPending;
+            _waitingForSipi = state.WaitingForSipi;
+            _sipiVector = state.SipiVector;
+            _ioApicExtInt = state.IoApicExtIntPending;
+            _anyIrr = AnyBit(_irr);
+            UpdateEventHintLocked();
+            UpdateExtIntLocked();
+            _timer.Cancel();
+            ArmTimerLocked();
+        }
+    }
+
     // ---------------------------------------------------------------- 256-bit register helpers
 
     private static void SetBit(uint[] r, int v) => r[v >> 5] |= 1u << (v & 31);
@@ -1091,3 +1154,12 @@ public sealed class LocalApicMmioDevice(ApicBus bus) : IBusDevice
         apic.WriteMmio(offset, data);
     }
 }
+
+/// <summary>A local APIC's state for snapshots: plain values, no handles. Timer positions are relative
+/// (<see cref="TimerElapsedNanoseconds"/> is -1 when the count-down timer is not running).</summary>
+public sealed record LocalApicState(
+    uint ApicId, ulong ApicBase, uint[] Irr, uint[] Isr, uint[] Tmr, uint Tpr, uint Ldr, uint Dfr, uint Svr,
+    uint Esr, uint EsrPending, uint IcrLow, uint IcrHigh, uint[] Lvt, bool[] LintLevels,
+    uint TimerInitialCount, uint TimerDivideConfig, long TimerElapsedNanoseconds, long TimerPeriodsFired,
+    ulong TscDeadline, bool NmiPending, bool InitPending, bool SipiPending, bool WaitingForSipi, byte SipiVector,
+    bool IoApicExtIntPending);

@@ -137,6 +137,36 @@ public sealed class Pit8254
         }
     }
 
+    // ---------------------------------------------------------------- Snapshot
+
+    /// <summary>Captures the PIT's state (times relative to the device clock's now).</summary>
+    public Pit8254State SaveState()
+    {
+        lock (_lock)
+        {
+            long now = _clock.NowNanoseconds;
+            return new Pit8254State([.. _counters.Select(c => c.Save(now))], _portB, _irqK, _oneShotFired);
+        }
+    }
+
+    /// <summary>Restores a saved state and re-arms counter 0's interrupt schedule.</summary>
+    public void RestoreState(Pit8254State state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.Counters.Length != 3) throw new ArgumentException("PIT state must have three counters", nameof(state));
+        lock (_lock)
+        {
+            long now = _clock.NowNanoseconds;
+            for (int i = 0; i < 3; i++) _counters[i].Restore(state.Counters[i], now);
+            _counters[0].Gate = _counters[1].Gate = true;
+            _portB = (byte)(state.PortB & 0x0F);
+            _irqK = Math.Max(0, state.Irq0PeriodsSignalled);
+            _oneShotFired = state.Irq0OneShotFired;
+            _irqTimer.Cancel();
+            ScheduleIrqLocked(now);
+        }
+    }
+
     // ---------------------------------------------------------------- Counter 0 -> IRQ0
 
     private void RestartIrqLocked(long now)
@@ -233,6 +263,33 @@ public sealed class Pit8254
         private byte _status;
 
         private int Modulus => Bcd ? 10000 : 0x10000;
+
+        public Pit8254CounterState Save(long now) => new(Mode, Bcd, Access, Reload, Gate, Counting, _hasCount,
+            now - _loadTime, _pausedAt >= 0 ? now - _pausedAt : -1, _writeLow, _writeLatch, _readHigh,
+            _latchedBytes, _latchedMsbFirst, _latchedValue, _statusLatched, _status);
+
+        public void Restore(Pit8254CounterState s, long now)
+        {
+            Mode = s.Mode is >= 0 and <= 5 ? s.Mode : 0;
+            Bcd = s.Bcd;
+            Access = s.Access is >= 1 and <= 3 ? s.Access : 3;
+            Reload = Math.Clamp(s.Reload, 0, Modulus);
+            Gate = s.Gate;
+            Counting = s.Counting && Reload != 0; // never divide by a zero count
+            _hasCount = s.HasCount;
+            _loadTime = now - Math.Max(0, s.SinceLoadNanoseconds);
+            _pausedAt = s.SincePausedNanoseconds >= 0 ? now - s.SincePausedNanoseconds : -1;
+            _writeLow = s.WriteLow;
+            _writeLatch = s.WriteLatch;
+            _readHigh = s.ReadHigh;
+            _latchedBytes = Math.Clamp(s.LatchedBytes, 0, 2);
+            _latchedMsbFirst = s.LatchedMsbFirst;
+            _latchedValue = s.LatchedValue & 0xFFFF;
+            _statusLatched = s.StatusLatched;
+            _status = s.Status;
+        }
+
+
 
         public long ElapsedClocks(long now)
         {
@@ -435,3 +492,12 @@ public sealed class Pit8254
         }
     }
 }
+
+/// <summary>One 8254 counter's state for snapshots (times relative to when it was saved).</summary>
+public sealed record Pit8254CounterState(
+    int Mode, bool Bcd, int Access, long Reload, bool Gate, bool Counting, bool HasCount,
+    long SinceLoadNanoseconds, long SincePausedNanoseconds, bool WriteLow, byte WriteLatch, bool ReadHigh,
+    int LatchedBytes, bool LatchedMsbFirst, int LatchedValue, bool StatusLatched, byte Status);
+
+/// <summary>The PIT's state for snapshots.</summary>
+public sealed record Pit8254State(Pit8254CounterState[] Counters, byte PortB, long Irq0PeriodsSignalled, bool Irq0OneShotFired);
