@@ -150,4 +150,70 @@ public class EmulatedInterruptPlatformTests
         using var platform = new EmulatedInterruptPlatform(1);
         Assert.IsType<SystemDeviceClock>(platform.Clock);
     }
+
+    [Fact]
+    public void Concurrency_DevicesTimersAndVcpusTogether_NoDeadlock()
+    {
+        using var platform = new EmulatedInterruptPlatform(2); // real clock and timer thread
+        var pio = new PioBus();
+        var mmio = new MmioBus();
+        platform.RegisterDevices(pio, mmio);
+        foreach (var apic in platform.LocalApics)
+        {
+            apic.WriteRegister(Reg.Svr, 0x1FF);
+            apic.WriteRegister(Reg.LvtTimer, 0x2_00EF);
+            apic.WriteRegister(Reg.DivideConfig, 0xB);
+            apic.WriteRegister(Reg.InitialCount, 100_000); // 100 us periodic
+        }
+        void Rte(int pin, ulong e)
+        {
+            mmio.Write32(IoApic.DefaultBaseAddress, (uint)(0x10 + 2 * pin));
+            mmio.Write32(IoApic.DefaultBaseAddress + 0x10, (uint)e);
+            mmio.Write32(IoApic.DefaultBaseAddress, (uint)(0x11 + 2 * pin));
+            mmio.Write32(IoApic.DefaultBaseAddress + 0x10, (uint)(e >> 32));
+        }
+        Rte(16, 0x61 | (1UL << 15) | (0xFFUL << 56) | (1UL << 8) | (1UL << 11)); // level, lowest priority, logical all
+        Rte(4, 0x34 | (1UL << 56));
+        pio.Out8(0x43, 0x34); pio.Out8(0x40, 0x40); pio.Out8(0x40, 0x00); // PIT at ~18 kHz into IOAPIC pin 2 (masked)
+
+        var stop = new ManualResetEventSlim();
+        long handled = 0;
+        var cpus = platform.LocalApics.Select((apic, i) => new Thread(() =>
+        {
+            apic.BindCurrentThread();
+            var line16 = platform.GetInterruptLine(16);
+            while (!stop.IsSet)
+            {
+                while (apic.HasPendingInterrupt)
+                {
+                    int v = apic.AcknowledgeInterrupt();
+                    if (v == 0x61) line16.SetLevel(false); // the handler quiets the device
+                    mmio.Write32(LocalApic.DefaultBaseAddress + Reg.Eoi, 0);
+                    Interlocked.Increment(ref handled);
+                }
+                mmio.Write32(LocalApic.DefaultBaseAddress + Reg.IcrHigh, (uint)(1 - i) << 24);
+                mmio.Write32(LocalApic.DefaultBaseAddress + Reg.IcrLow, 0x4080);
+            }
+        }) { IsBackground = true }).ToArray();
+        var device = new Thread(() =>
+        {
+            var line16 = platform.GetInterruptLine(16);
+            var line4 = platform.GetInterruptLine(4);
+            while (!stop.IsSet)
+            {
+                line16.SetLevel(true);
+                line4.Pulse();
+                platform.DeliverMsi(0xFEE0_1000, 0x90);
+            }
+        }) { IsBackground = true };
+        foreach (var t in cpus) t.Start();
+        device.Start();
+        Thread.Sleep(300);
+        stop.Set();
+        Assert.True(device.Join(TimeSpan.FromSeconds(10)), "device thread stuck");
+        Assert.All(cpus, t => Assert.True(t.Join(TimeSpan.FromSeconds(10)), "vCPU thread stuck"));
+        Assert.True(Interlocked.Read(ref handled) > 100);
+        Assert.True(platform.LocalApics.All(a => a.TimerExpirations > 0));
+        Assert.Equal(0, platform.Clock.CallbackFailures);
+    }
 }

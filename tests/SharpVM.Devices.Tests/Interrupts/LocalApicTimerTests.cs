@@ -204,7 +204,7 @@ public class LocalApicTimerTests
         double expected = elapsedMs / 2.0;
         // Periods are counted from absolute deadlines: late wake-ups do not lose periods, they can only
         // lag by the timer thread's scheduling delay (a few periods on a loaded machine).
-        Assert.InRange(fired, (long)(expected * 0.75), (long)expected + 1);
+        Assert.InRange(fired, (long)(expected * 0.5), (long)expected + 1);
         Assert.True(apic.IsRequested(0x40));
     }
 

@@ -197,7 +197,7 @@ public class PitTests
         Thread.Sleep(200);
         long pulses = pit.Irq0Pulses, missed = pit.Irq0Missed;
         double expected = sw.Elapsed.TotalMilliseconds / (2386 * 1000.0 / Pit8254.InputFrequencyHz);
-        Assert.InRange(pulses + missed, (long)(expected * 0.75), (long)expected + 1);
+        Assert.InRange(pulses + missed, (long)(expected * 0.5), (long)expected + 1);
         pit.CounterPorts.Out8(3, 0x30); // stop: mode 0 with no count
         Thread.Sleep(20);               // let a callback already in flight finish
         Assert.Equal(pit.Irq0Pulses, line.RisingEdges);
