@@ -59,4 +59,26 @@ public class DeviceClockTests
         clock.Advance(2_000_000_000);
         Assert.Equal(1, fired);
     }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    public void SystemClock_NeverFiresEarly(int spinMs)
+    {
+        using var clock = new SystemDeviceClock(TimeSpan.FromMilliseconds(spinMs));
+        var fired = new long[5];
+        using var done = new CountdownEvent(fired.Length);
+        long start = clock.NowNanoseconds;
+        for (int i = 0; i < fired.Length; i++)
+        {
+            int index = i;
+            clock.CreateTimer(() =>
+            {
+                fired[index] = clock.NowNanoseconds;
+                done.Signal();
+            }).Arm(start + 300_000L * (i + 1));
+        }
+        Assert.True(done.Wait(TimeSpan.FromSeconds(5)));
+        for (int i = 0; i < fired.Length; i++) Assert.True(fired[i] >= start + 300_000L * (i + 1));
+    }
 }

