@@ -402,4 +402,33 @@ public class LocalApicTests
         Assert.All(rig.Apics, a => Assert.Equal(perThread, a.IpisSent));
         Assert.Equal(4L * perThread, rig.Apics.Sum(a => a.InterruptsAccepted));
     }
+
+    [Fact]
+    public void GarbageRegisterAndMsrAccesses_NeverThrow()
+    {
+        var rig = new ApicRig(2);
+        var rng = new Random(4242);
+        Span<byte> buf = stackalloc byte[8];
+        for (int i = 0; i < 20_000; i++)
+        {
+            var apic = rig.Apics[rng.Next(2)];
+            ulong offset = (ulong)rng.Next(0x1010);
+            int width = 1 << rng.Next(4);
+            rng.NextBytes(buf);
+            switch (rng.Next(6))
+            {
+                case 0: apic.WriteMmio(offset & ~0xFUL, buf[..4]); break;
+                case 1: apic.WriteMmio(offset, buf[..width]); break;
+                case 2: apic.ReadMmio(offset, buf[..width]); break;
+                case 3: apic.TryWriteMsr((uint)(0x800 + rng.Next(0x100)), (ulong)rng.NextInt64()); break;
+                case 4: apic.TryWriteMsr(rng.Next(4) == 0 ? LocalApic.MsrApicBase : LocalApic.MsrTscDeadline, (ulong)rng.NextInt64()); break;
+                case 5: apic.TryReadMsr((uint)(0x800 + rng.Next(0x100)), out _); break;
+            }
+            if (apic.HasPendingInterrupt) apic.AcknowledgeInterrupt();
+            apic.TakePendingNmi();
+            apic.TakePendingInit();
+            apic.TryTakeStartupIpi(out _);
+            rig.Clock.Advance(rng.Next(1000));
+        }
+    }
 }

@@ -223,7 +223,7 @@ public class LocalApicTimerTests
         apic.WriteRegister(Reg.InitialCount, 10_000_000); // 20 ms
         Assert.True(woken.Wait(TimeSpan.FromSeconds(5)));
         double ms = sw.Elapsed.TotalMilliseconds;
-        Assert.InRange(ms, 19.9, 1000);
+        Assert.InRange(ms, 19.9, 5000);
         Assert.True(apic.HasPendingInterrupt);
         Assert.Equal(0x31, apic.AcknowledgeInterrupt());
     }
