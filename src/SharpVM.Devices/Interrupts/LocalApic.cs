@@ -609,7 +609,7 @@ public sealed class LocalApic : IVcpuInterruptSource
 
     /// <summary>Writes a register. Returns false for a reserved or read-only register (x2APIC: #GP).
     /// Actions that reach other devices are returned in <paramref name="ipi"/> / <paramref name="eoi"/>.</summary>
-    private bool TryWriteRegisterLocked(uint offset, uint value, bool x2, ref ApicMessage? ipi, ref bool eoi, ref bool wake)
+    private bool TryWriteRegisterLocked(uint offset, uint value, bool x2, ref ApicMessage? ipi, ref bool eoi)
     {
         switch (offset)
         {
@@ -650,12 +650,12 @@ public sealed class LocalApic : IVcpuInterruptSource
                 _icrHigh = value & 0xFF00_0000;
                 return true;
             case >= 0x320 and <= 0x370:
-                WriteLvtLocked((int)((offset - 0x320) >> 4), value, ref wake);
+                WriteLvtLocked((int)((offset - 0x320) >> 4), value);
                 return true;
             case 0x380:
                 if (TimerModeLocked == 2) return true; // TSC-deadline mode ignores the initial count
                 _timerInitial = value;
-                StartCountLocked(ref wake);
+                StartCountLocked();
                 return true;
             case 0x3E0:
                 SetDivideLocked(value & 0xB);
@@ -692,7 +692,7 @@ public sealed class LocalApic : IVcpuInterruptSource
         return new ApicMessage(mode, vector, dest, logical, level, assert, shorthand, x2);
     }
 
-    private void WriteLvtLocked(int index, uint value, ref bool wake)
+    private void WriteLvtLocked(int index, uint value)
     {
         uint old = _lvt[index];
         uint v = value & LvtWritable[index];
@@ -709,7 +709,6 @@ public sealed class LocalApic : IVcpuInterruptSource
             _timer.Cancel();
         }
         if (index == LvtLint0) UpdateExtIntLocked();
-        _ = wake;
     }
 
     // ---------------------------------------------------------------- Timer
@@ -727,9 +726,8 @@ public sealed class LocalApic : IVcpuInterruptSource
 
     private long NsPerTick => DivisorLocked * (1_000_000_000 / BusFrequencyHz);
 
-    private void StartCountLocked(ref bool wake)
+    private void StartCountLocked()
     {
-        _ = wake;
         _timerStart = _clock.NowNanoseconds;
         _timerFired = 0;
         _timerRunning = _timerInitial != 0;
@@ -915,7 +913,7 @@ public sealed class LocalApic : IVcpuInterruptSource
                     if ((value >> 32) != 0) return false;
                     if (offset == 0x0B0 && value != 0) return false;
                     if (offset == 0x280 && value != 0) return false;
-                    if (!TryWriteRegisterLocked(offset, (uint)value, x2: true, ref ipi, ref eoi, ref wake)) return false;
+                    if (!TryWriteRegisterLocked(offset, (uint)value, x2: true, ref ipi, ref eoi)) return false;
                 }
             }
             wake |= _accepted != acceptedBefore;
@@ -988,7 +986,7 @@ public sealed class LocalApic : IVcpuInterruptSource
         {
             if (X2ApicModeLocked || !HardwareEnabledLocked) return;
             long acceptedBefore = _accepted;
-            if (!TryWriteRegisterLocked((uint)offset, value, x2: false, ref ipi, ref eoi, ref wake))
+            if (!TryWriteRegisterLocked((uint)offset, value, x2: false, ref ipi, ref eoi))
                 SignalErrorLocked(EsrIllegalRegisterAddress);
             wake |= _accepted != acceptedBefore;
         }
