@@ -101,7 +101,8 @@ public sealed class LocalApic : IVcpuInterruptSource
     private long _tscFrequencyHz = BusFrequencyHz;
 
     // Pending non-vectored events.
-    private bool _nmiPending, _initPending, _sipiPending, _waitingForSipi, _ioApicExtInt;
+    private bool _nmiPending, _initPending, _sipiPending, _waitingForSipi;
+    private volatile bool _ioApicExtInt; // read lock-free by the per-instruction poll
     private byte _sipiVector;
 
     // Lock-free hints for the per-instruction poll.

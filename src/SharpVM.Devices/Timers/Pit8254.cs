@@ -60,12 +60,14 @@ public sealed class Pit8254
     /// <summary>Counter <paramref name="channel"/>'s OUT pin now.</summary>
     public bool GetOut(int channel)
     {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)channel, 2u, nameof(channel));
         lock (_lock) return _counters[channel].Out(_clock.NowNanoseconds);
     }
 
     /// <summary>Counter <paramref name="channel"/>'s current count (what an unlatched read would return).</summary>
     public int GetCount(int channel)
     {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)channel, 2u, nameof(channel));
         lock (_lock) return _counters[channel].Value(_clock.NowNanoseconds);
     }
 
