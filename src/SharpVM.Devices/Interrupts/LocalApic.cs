@@ -314,6 +314,12 @@ public sealed class LocalApic : IVcpuInterruptSource
         }
     }
 
+    /// <summary>
+    /// Whether anything should end a HLT: a deliverable interrupt, an NMI, INIT or a SIPI. (A CPU halted
+    /// with RFLAGS.IF=0 wakes only for the non-maskable events; it checks those itself.) Lock-free when idle.
+    /// </summary>
+    public bool HasPendingWakeEvent => _anyEvent || HasPendingInterrupt;
+
     /// <summary>True while this CPU waits for a start-up IPI (APs from power-on, any AP after INIT).</summary>
     public bool IsWaitingForStartup
     {

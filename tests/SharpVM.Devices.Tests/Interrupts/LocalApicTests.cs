@@ -252,8 +252,11 @@ public class LocalApicTests
         var rig = new ApicRig(2);
         rig.Apics[0].WriteRegister(Reg.IcrHigh, 1u << 24);
         rig.Apics[0].WriteRegister(Reg.IcrLow, 0x0400);
+        Assert.True(rig.Apics[1].HasPendingWakeEvent);
+        Assert.False(rig.Apics[1].HasPendingInterrupt);
         Assert.True(rig.Apics[1].TakePendingNmi());
         Assert.False(rig.Apics[1].TakePendingNmi());
+        Assert.False(rig.Apics[1].HasPendingWakeEvent);
         Assert.False(rig.Apics[0].TakePendingNmi());
     }
 
