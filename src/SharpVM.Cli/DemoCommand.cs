@@ -22,7 +22,7 @@ public static class DemoCommand
 
     private static int Run(int cpus, bool stats)
     {
-        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = Accelerator.Kvm, InterruptController = true, Pit = false };
+        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = Accelerator.Kvm, InterruptController = true, Pit = false, TimeExits = stats };
         try { config.Validate(); }
         catch (ArgumentException e) { throw new UserFacingException(e.Message); }
         using var vm = VmBuilder.Build(config);

@@ -42,7 +42,7 @@ public sealed class VirtualMachine : IDisposable
 
     internal void AddVcpu(IVcpu vcpu)
     {
-        var thread = new VcpuThread(vcpu, new VcpuIoDispatcher(Pio, Mmio, new ExitStatistics(vcpu.Id)), HandleExit, v => VcpuSetup?.Invoke(v));
+        var thread = new VcpuThread(vcpu, new VcpuIoDispatcher(Pio, Mmio, new ExitStatistics(vcpu.Id), Config.TimeExits), HandleExit, v => VcpuSetup?.Invoke(v));
         thread.Stopped += (t, report) => { if (report is not null) RequestStop(report); };
         _vcpus.Add(thread);
     }

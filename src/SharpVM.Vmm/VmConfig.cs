@@ -13,6 +13,8 @@ public sealed record VmConfig
     /// <summary>In-kernel (or emulated) LAPIC/IOAPIC/PIC. Off only for bare test guests.</summary>
     public bool InterruptController { get; init; } = true;
     public bool Pit { get; init; } = true;
+    /// <summary>Time every port/MMIO access for the exit tables (`--stats`); counts are kept regardless.</summary>
+    public bool TimeExits { get; init; }
 
     public const int MaxCpus = 255;
 

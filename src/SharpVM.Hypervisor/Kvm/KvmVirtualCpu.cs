@@ -150,8 +150,12 @@ public sealed class KvmVirtualCpu : IVcpu
             throw new InvalidOperationException($"KVM refused MSR 0x{index:x} = 0x{value:x}");
     }
 
-    public void SetCpuid(IReadOnlyList<CpuidEntry> entries) =>
-        _vcpu.SetCpuid2(entries.Select(KvmConversions.ToKvm).ToArray());
+    public void SetCpuid(IReadOnlyList<CpuidEntry> entries)
+    {
+        var raw = new KvmCpuidEntry2[entries.Count];
+        for (int i = 0; i < raw.Length; i++) raw[i] = KvmConversions.ToKvm(entries[i]);
+        _vcpu.SetCpuid2(raw);
+    }
 
     public ulong? Translate(ulong linearAddress)
     {

@@ -5,7 +5,7 @@ namespace SharpVM.Interop.Libc;
 /// <summary>Raw libc entry points. Blittable arguments only; callers go through the typed wrappers.</summary>
 internal static unsafe partial class Native
 {
-    private const string Lib = "libc";
+    private const string Lib = "libc.so.6";
 
     [LibraryImport(Lib, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int open(string path, int flags, int mode);

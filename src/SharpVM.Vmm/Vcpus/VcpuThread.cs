@@ -46,7 +46,13 @@ public sealed class VcpuThread
         get { lock (_lock) return _state; }
     }
 
-    public void Start() => _thread.Start();
+    private volatile bool _threadStarted;
+
+    public void Start()
+    {
+        _threadStarted = true;
+        _thread.Start();
+    }
 
     /// <summary>Asks the vCPU to pause and waits until it has (or has stopped). Safe while the guest spins.</summary>
     public bool Pause(TimeSpan timeout) => RequestAndWait(VcpuState.Paused, timeout);
@@ -66,7 +72,7 @@ public sealed class VcpuThread
     public bool Stop(TimeSpan timeout)
     {
         RequestAndWait(VcpuState.Stopped, timeout);
-        return _thread.Join(timeout);
+        return Join(timeout);
     }
 
     /// <summary>Asks for a stop without waiting (safe to call from the vCPU's own thread).</summary>
@@ -83,7 +89,7 @@ public sealed class VcpuThread
     }
 
     /// <summary>Waits for the thread to end.</summary>
-    public bool Join(TimeSpan timeout) => _thread.Join(timeout);
+    public bool Join(TimeSpan timeout) => !_threadStarted || _thread.Join(timeout);
 
     private bool RequestAndWait(VcpuState wanted, TimeSpan timeout)
     {
