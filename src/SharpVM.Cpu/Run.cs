@@ -66,6 +66,11 @@ public sealed unsafe partial class EmulatorVcpu
                 Rip = FaultRip;
                 return new VcpuExit(VcpuExitReason.InternalError, Detail: $"guest memory access failed at RIP 0x{FaultRip:x}: {e.Message}");
             }
+            catch (Exception e) when (e is IndexOutOfRangeException or ArgumentException or InvalidOperationException or NotSupportedException or OverflowException)
+            {
+                Rip = FaultRip;
+                return new VcpuExit(VcpuExitReason.InternalError, Detail: $"emulator error at RIP 0x{FaultRip:x} (bytes {DescribeBytes(FaultRip)}): {e}");
+            }
         }
     }
 

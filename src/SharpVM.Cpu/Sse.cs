@@ -274,7 +274,9 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Pextrw:
             {
                 var v = GetXmm(XmmIndex(i.Op1Register)).AsUInt16();
-                SetReg(i.Op0Register, v.GetElement(i.Immediate8 & 7));
+                ulong w = v.GetElement(i.Immediate8 & 7);
+                if (i.Op0Kind == OpKind.Register) SetReg(i.Op0Register, w);
+                else Write(MemAddr(ref i), 2, w);
                 return;
             }
             case Mnemonic.Pinsrw:

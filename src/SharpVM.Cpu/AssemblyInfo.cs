@@ -1,0 +1,4 @@
+using System.Runtime.CompilerServices;
+
+[assembly: InternalsVisibleTo("SharpVM.Cpu.Tests")]
+[assembly: InternalsVisibleTo("SharpVM.Cpu.Bench")]
