@@ -10,6 +10,8 @@ internal sealed class Block
     public int Bitness;
     public int Count;
     public Instruction[] Insns = null!;
+    /// <summary>The same instructions pre-decoded for the fast path.</summary>
+    public DInsn[] D = null!;
     /// <summary>Operand size in bytes of each instruction (see <see cref="Decoding.OperandSize"/>).</summary>
     public byte[] OpSize = null!;
     /// <summary>Address size in bytes of each instruction.</summary>

@@ -37,8 +37,12 @@ public sealed unsafe partial class EmulatorVcpu
                     }
                     if (!WaitWhileHalted()) continue;
                 }
-                if (_irqHint || (++_blockCounter & 255) == 0) CheckInterrupts();
-                RunBlock();
+                if (_irqHint || (++_blockCounter & 15) == 0)
+                {
+                    FaultRip = Rip;
+                    CheckInterrupts();
+                }
+                RunBlocks();
             }
             catch (CpuFault f)
             {
@@ -145,6 +149,16 @@ public sealed unsafe partial class EmulatorVcpu
         return (uint)(Sregs[seg].Base + ea);
     }
 
+    /// <summary>Runs up to a few dozen blocks, stopping early for exits, interrupts and HLT.</summary>
+    private void RunBlocks()
+    {
+        for (int budget = 32; budget > 0; budget--)
+        {
+            RunBlock();
+            if (_exitRequested != 0 || _irqHint || _halted) return;
+        }
+    }
+
     private void RunBlock()
     {
         ulong rip = Rip;
@@ -162,28 +176,25 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn = phys >> 12;
         _blockPpn2 = b.Ppn2;
         _endBlock = false;
-        var insns = b.Insns;
-        var osz = b.OpSize;
-        var asz = b.AddrSize;
+        // No try/finally here: exception handling would keep the loop's locals out of registers.
+        // A fault leaves _blockPpn set; that only ends a later block early, which is harmless.
+        var ds = b.D;
         int n = b.Count;
-        int k = 0;
-        try
+        InstructionsRetired += n;
+        for (int k = 0; k < n; k++)
         {
-            for (; k < n; k++)
+            ref DInsn d = ref ds[k];
+            FaultRip = d.Ip;
+            Rip = d.NextIp;
+            if (d.Op == FastOp.None || !ExecFast(ref d)) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+            if (_endBlock)
             {
-                ref Instruction i = ref insns[k];
-                FaultRip = i.IP;
-                Rip = i.NextIP;
-                Exec(ref i, osz[k], asz[k]);
-                if (_endBlock) { k++; break; }
+                InstructionsRetired -= n - k - 1;
+                break;
             }
         }
-        finally
-        {
-            InstructionsRetired += k;
-            _blockPpn = ulong.MaxValue;
-            _blockPpn2 = ulong.MaxValue;
-        }
+        _blockPpn = ulong.MaxValue;
+        _blockPpn2 = ulong.MaxValue;
     }
 
     private bool Verify(Block b, byte* code, ulong la)
@@ -252,10 +263,12 @@ public sealed unsafe partial class EmulatorVcpu
             Insns = insns[..count], OpSize = new byte[count], AddrSize = new byte[count],
             Bytes = buf.AsSpan(0, total).ToArray(), Len1 = total - len2, Len2 = len2, Ppn2 = ppn2,
         };
+        b.D = new DInsn[count];
         for (int k = 0; k < count; k++)
         {
             b.OpSize[k] = (byte)Decoding.OperandSize(in b.Insns[k]);
             b.AddrSize[k] = (byte)Decoding.AddressSize(in b.Insns[k], Bitness);
+            b.D[k] = Predecode(in b.Insns[k], b.OpSize[k], b.AddrSize[k], Bitness);
         }
         return b;
     }
