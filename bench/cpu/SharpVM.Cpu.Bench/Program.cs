@@ -1,0 +1,195 @@
+using System.Diagnostics;
+using Iced.Intel;
+using SharpVM.Cpu;
+using SharpVM.Devices.Bus;
+using SharpVM.Hypervisor;
+using SharpVM.Memory;
+using static Iced.Intel.AssemblerRegisters;
+
+// CPU-bound guest-loop benchmark: the same 512-byte boot sector (real mode -> long mode -> loop,
+// in kernel mode or, with IRETQ, in user mode; then OUT to port 0xF4) runs in SharpVM.Cpu and,
+// if qemu-system-x86_64 is installed, in QEMU TCG (isa-debug-exit ends QEMU). Guest instructions
+// per second = loop instructions / (time(N) - time(N0)), N0 a short run that measures start-up.
+//
+// usage: dotnet run -c Release --project bench/cpu/SharpVM.Cpu.Bench [iterations] [--no-qemu]
+
+long iterations = args.Length > 0 && long.TryParse(args[0], out long n) ? n : 20_000_000;
+bool qemu = !args.Contains("--no-qemu") && File.Exists("/usr/bin/qemu-system-x86_64");
+const long Baseline = 1000;
+const int InsnsPerIteration = 8;
+
+foreach (bool user in new[] { false, true })
+{
+    string mode = user ? "user (CPL3)" : "kernel (CPL0)";
+    double emu = RunEmu(BootSector.Build(iterations, user), out long retired) - RunEmu(BootSector.Build(Baseline, user), out _);
+    double loopInsns = (double)(iterations - Baseline) * InsnsPerIteration;
+    Console.WriteLine($"{mode}: SharpVM.Cpu {loopInsns / emu / 1e6:F1} M guest instructions/s ({emu:F2} CPU s for {loopInsns / 1e6:F0} M; {retired / 1e6:F0} M retired in total)");
+    if (qemu)
+    {
+        double q = RunQemu(BootSector.Build(iterations, user)) - RunQemu(BootSector.Build(Baseline, user));
+        Console.WriteLine($"{mode}: QEMU 7.2 TCG   {loopInsns / q / 1e6:F1} M guest instructions/s ({q:F2} CPU s); QEMU is {emu / q:F1}x faster");
+    }
+}
+
+static double RunEmu(byte[] sector, out long retired)
+{
+    using var mem = GuestMemory.Create(64 << 20);
+    mem.Write(new GuestAddress(0x7C00), sector);
+    using var hv = new EmulatorHypervisor();
+    using var vm = hv.CreateVm(mem, new PioBus(), new MmioBus(), new VmPlatformOptions());
+    var cpu = (EmulatorVcpu)vm.CreateVcpu(0);
+    cpu.AttachToCurrentThread();
+    var s = cpu.GetSpecialRegisters();
+    s.Cs = new Segment { Base = 0, Limit = 0xFFFF, Selector = 0, Type = 0xB, S = true, Present = true };
+    cpu.SetSpecialRegisters(s);
+    cpu.SetRegisters(new Registers { Rip = 0x7C00, Rsp = 0x7000, Rflags = 2 });
+    var io = new ExitOnPort(cpu);
+    // CPU time of this thread, not wall time: the machines are shared and often oversubscribed.
+    var cpu0 = ThreadCpu.Now();
+    while (true)
+    {
+        var exit = cpu.Run(io);
+        if (exit.Reason == VcpuExitReason.Interrupted && io.Done) break;
+        if (exit.Reason != VcpuExitReason.Interrupted) throw new InvalidOperationException($"guest stopped: {exit}");
+    }
+    retired = cpu.InstructionsRetired;
+    return ThreadCpu.Now() - cpu0;
+}
+
+static double RunQemu(byte[] sector)
+{
+    string img = Path.Combine(Path.GetTempPath(), $"sharpvm-bench-{Environment.ProcessId}.img");
+    var disk = new byte[1 << 20];
+    sector.CopyTo(disk, 0);
+    File.WriteAllBytes(img, disk);
+    var psi = new ProcessStartInfo("/usr/bin/qemu-system-x86_64",
+        $"-M pc -accel tcg -m 64 -display none -nographic -no-reboot -monitor none -serial none -device isa-debug-exit,iobase=0xf4,iosize=4 -drive file={img},format=raw,if=ide")
+    { RedirectStandardOutput = true, RedirectStandardError = true };
+    double before = ThreadCpu.Children();
+    using var p = Process.Start(psi)!;
+    p.WaitForExit();
+    double t = ThreadCpu.Children() - before; // all QEMU threads, user + system
+    File.Delete(img);
+    return t;
+}
+
+static unsafe class ThreadCpu
+{
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int clock_gettime(int clock, long* ts);
+
+    /// <summary>CPU seconds used by the calling thread (CLOCK_THREAD_CPUTIME_ID).</summary>
+    public static double Now()
+    {
+        long* ts = stackalloc long[2];
+        clock_gettime(3, ts);
+        return ts[0] + ts[1] / 1e9;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int getrusage(int who, long* usage);
+
+    /// <summary>User + system CPU seconds of terminated, waited-for children (RUSAGE_CHILDREN).</summary>
+    public static double Children()
+    {
+        long* ru = stackalloc long[32];
+        getrusage(-1, ru);
+        return ru[0] + ru[1] / 1e6 + ru[2] + ru[3] / 1e6;
+    }
+}
+
+sealed class ExitOnPort(EmulatorVcpu cpu) : IVcpuIoHandler
+{
+    public bool Done;
+    public void PioRead(ushort port, Span<byte> data) => data.Fill(0xFF);
+    public void PioWrite(ushort port, ReadOnlySpan<byte> data)
+    {
+        if (port == 0xF4) { Done = true; cpu.RequestExit(); }
+    }
+    public void MmioRead(ulong address, Span<byte> data) => data.Fill(0xFF);
+    public void MmioWrite(ulong address, ReadOnlySpan<byte> data) { }
+}
+
+static class BootSector
+{
+    private const ulong Org = 0x7C00, Pm32 = 0x7C60, Lm64 = 0x7D00, Gdt = 0x7DC0, Gdtr = 0x7DF0;
+
+    public static byte[] Build(long iterations, bool user)
+    {
+        var sector = new byte[512];
+        void Put(ulong at, Action<Assembler> f, int bits)
+        {
+            var a = new Assembler(bits);
+            f(a);
+            var w = new Writer();
+            a.Assemble(w, at);
+            if (at - Org + (ulong)w.Bytes.Count > 510) throw new InvalidOperationException("boot sector overflow");
+            w.Bytes.ToArray().CopyTo(sector, (int)(at - Org));
+        }
+        Put(Org, a =>
+        {
+            a.cli();
+            a.xor(ax, ax); a.mov(ds, ax); a.mov(ss, ax); a.mov(sp, 0x7000);
+            a.lgdt(__[(long)Gdtr]);
+            a.mov(eax, cr0); a.or(al, 1); a.mov(cr0, eax);
+            a.db(0x66, 0xEA); a.dd((uint)Pm32); a.dw(0x18);
+        }, 16);
+        Put(Pm32, a =>
+        {
+            a.mov(ax, 0x10); a.mov(ds, ax); a.mov(es, ax); a.mov(ss, ax);
+            // Page tables at 0x10000: PML4 -> PDPT -> PD of 2 MiB user pages.
+            a.mov(edi, 0x10000); a.xor(eax, eax); a.mov(ecx, 0x3000 / 4); a.rep.stosd();
+            a.mov(__dword_ptr[0x10000], 0x11007);
+            a.mov(__dword_ptr[0x11000], 0x12007);
+            a.mov(edi, 0x12000); a.mov(eax, 0x87); a.mov(ecx, 64);
+            var l = a.CreateLabel();
+            a.Label(ref l);
+            a.mov(__dword_ptr[edi], eax); a.add(eax, 0x200000); a.add(edi, 8); a.loop(l);
+            a.mov(eax, 0x10000); a.mov(cr3, eax);
+            a.mov(eax, cr4); a.or(eax, 0x20); a.mov(cr4, eax);
+            a.mov(ecx, 0xC0000080); a.rdmsr(); a.or(eax, 0x100); a.wrmsr();
+            a.mov(eax, cr0); a.or(eax, 0x80000000); a.mov(cr0, eax);
+            a.db(0xEA); a.dd((uint)Lm64); a.dw(0x08);
+        }, 32);
+        Put(Lm64, a =>
+        {
+            var loop = a.CreateLabel();
+            var body = a.CreateLabel();
+            if (user)
+            {
+                a.push(0x23); a.push(0x90000); a.push(0x3002); // IOPL 3 so the final OUT works
+                a.push(0x2B); a.lea(rax, __[body]); a.push(rax);
+                a.iretq();
+            }
+            a.Label(ref body);
+            a.mov(rcx, iterations);
+            a.mov(rdi, 0x200000);
+            a.Label(ref loop);
+            a.add(rax, rcx);
+            a.xor(rdx, rax);
+            a.mov(__qword_ptr[rdi], rdx);
+            a.mov(rbx, __qword_ptr[rdi]);
+            a.lea(rsi, __[rsi + rbx * 2]);
+            a.shr(rdx, 3);
+            a.dec(rcx);
+            a.jnz(loop);
+            a.mov(al, 0); a.@out(0xF4, al);
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.jmp(spin);
+        }, 64);
+        // GDT: null, 64-bit code, data, 32-bit code, user data (0x20), user code64 (0x28).
+        ulong[] gdt = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CF9B000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF];
+        for (int k = 0; k < gdt.Length; k++) BitConverter.GetBytes(gdt[k]).CopyTo(sector, (int)(Gdt - Org) + k * 8);
+        BitConverter.GetBytes((ushort)(gdt.Length * 8 - 1)).CopyTo(sector, (int)(Gdtr - Org));
+        BitConverter.GetBytes((uint)Gdt).CopyTo(sector, (int)(Gdtr - Org) + 2);
+        sector[510] = 0x55; sector[511] = 0xAA;
+        return sector;
+    }
+
+    private sealed class Writer : CodeWriter
+    {
+        public readonly List<byte> Bytes = [];
+        public override void WriteByte(byte value) => Bytes.Add(value);
+    }
+}

@@ -1,0 +1,435 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace SharpVM.Cpu;
+
+public sealed unsafe partial class EmulatorVcpu
+{
+    internal const int OpAdd = 0, OpOr = 1, OpAdc = 2, OpSbb = 3, OpAnd = 4, OpSub = 5, OpXor = 6, OpCmp = 7, OpTest = 8;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void SetSzp(ulong r, int sz, ulong other)
+    {
+        ulong f = other;
+        r &= Bits.Mask(sz);
+        if (r == 0) f |= Flags.ZF;
+        if ((r & Bits.SignBit(sz)) != 0) f |= Flags.SF;
+        f |= Bits.ParityTable[(byte)r];
+        Rflags = (Rflags & ~Flags.Arith) | f;
+    }
+
+    /// <summary>The eight classic ALU operations plus TEST; sets the arithmetic flags exactly.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Alu(int op, ulong a, ulong b, int sz)
+    {
+        ulong m = Bits.Mask(sz), sb = Bits.SignBit(sz);
+        a &= m; b &= m;
+        ulong r, f = 0;
+        switch (op)
+        {
+            case OpAdd:
+                r = (a + b) & m;
+                if (r < a) f |= Flags.CF;
+                if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            case OpAdc:
+            {
+                ulong c = Rflags & 1;
+                r = (a + b + c) & m;
+                if (r < a || (c != 0 && r == a)) f |= Flags.CF;
+                if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            }
+            case OpSub:
+            case OpCmp:
+                r = (a - b) & m;
+                if (a < b) f |= Flags.CF;
+                if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            case OpSbb:
+            {
+                ulong c = Rflags & 1;
+                r = (a - b - c) & m;
+                if (a < b || (c != 0 && a == b)) f |= Flags.CF;
+                if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            }
+            case OpAnd:
+            case OpTest:
+                r = a & b;
+                break;
+            case OpOr:
+                r = a | b;
+                break;
+            default:
+                r = a ^ b;
+                break;
+        }
+        SetSzp(r, sz, f);
+        return r;
+    }
+
+    private ulong IncDec(ulong a, int sz, bool dec)
+    {
+        ulong m = Bits.Mask(sz), sb = Bits.SignBit(sz);
+        a &= m;
+        ulong r = (dec ? a - 1 : a + 1) & m;
+        ulong f = Rflags & Flags.CF;
+        if (dec ? a == sb : r == sb) f |= Flags.OF;
+        f |= (a ^ r ^ 1) & Flags.AF;
+        SetSzp(r, sz, f);
+        return r;
+    }
+
+    private ulong Neg(ulong a, int sz)
+    {
+        ulong m = Bits.Mask(sz);
+        a &= m;
+        ulong r = (0 - a) & m;
+        ulong f = 0;
+        if (a != 0) f |= Flags.CF;
+        if (a == Bits.SignBit(sz)) f |= Flags.OF;
+        f |= (a ^ r) & Flags.AF;
+        SetSzp(r, sz, f);
+        return r;
+    }
+
+    /// <summary>ROL/ROR/RCL/RCR/SHL/SHR/SAR with the count already read (unmasked).</summary>
+    internal ulong Shift(Mnemonic mn, ulong a, ulong countRaw, int sz)
+    {
+        int bits = sz * 8;
+        ulong m = Bits.Mask(sz), sb = Bits.SignBit(sz);
+        a &= m;
+        int count = (int)(countRaw & (sz == 8 ? 63u : 31u));
+        if (count == 0) return a;
+        ulong r;
+        ulong f = Rflags;
+        bool cf, of;
+        switch (mn)
+        {
+            case Mnemonic.Shl:
+            case Mnemonic.Sal:
+                r = count >= 64 ? 0 : (a << count) & m;
+                cf = count <= bits && ((a >> (bits - count)) & 1) != 0;
+                of = ((r & sb) != 0) ^ cf;
+                SetSzp(r, sz, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+                return r;
+            case Mnemonic.Shr:
+                r = a >> count;
+                cf = ((a >> (count - 1)) & 1) != 0;
+                of = (a & sb) != 0;
+                SetSzp(r, sz, (cf ? Flags.CF : 0) | (of && count == 1 ? Flags.OF : 0));
+                return r;
+            case Mnemonic.Sar:
+            {
+                long sa = Bits.SignExtend(a, sz);
+                r = (ulong)(sa >> count) & m;
+                cf = ((sa >> (count - 1)) & 1) != 0;
+                SetSzp(r, sz, cf ? Flags.CF : 0);
+                return r;
+            }
+            case Mnemonic.Rol:
+            {
+                int c = count % bits;
+                r = c == 0 ? a : ((a << c) | (a >> (bits - c))) & m;
+                cf = (r & 1) != 0;
+                of = ((r & sb) != 0) ^ cf;
+                break;
+            }
+            case Mnemonic.Ror:
+            {
+                int c = count % bits;
+                r = c == 0 ? a : ((a >> c) | (a << (bits - c))) & m;
+                cf = (r & sb) != 0;
+                of = cf ^ ((r & (sb >> 1)) != 0);
+                break;
+            }
+            case Mnemonic.Rcl:
+            {
+                int c = sz == 1 ? count % 9 : sz == 2 ? count % 17 : count;
+                cf = (f & Flags.CF) != 0;
+                r = a;
+                for (int k = 0; k < c; k++)
+                {
+                    bool ncf = (r & sb) != 0;
+                    r = ((r << 1) | (cf ? 1UL : 0)) & m;
+                    cf = ncf;
+                }
+                of = ((r & sb) != 0) ^ cf;
+                break;
+            }
+            case Mnemonic.Rcr:
+            {
+                int c = sz == 1 ? count % 9 : sz == 2 ? count % 17 : count;
+                cf = (f & Flags.CF) != 0;
+                of = ((a & sb) != 0) ^ cf;
+                r = a;
+                for (int k = 0; k < c; k++)
+                {
+                    bool ncf = (r & 1) != 0;
+                    r = (r >> 1) | (cf ? sb : 0);
+                    cf = ncf;
+                }
+                break;
+            }
+            default:
+                throw UD();
+        }
+        f &= ~(Flags.CF | Flags.OF);
+        if (cf) f |= Flags.CF;
+        if (of) f |= Flags.OF;
+        Rflags = f;
+        return r;
+    }
+
+    internal ulong DoubleShift(bool left, ulong dst, ulong src, ulong countRaw, int sz)
+    {
+        int bits = sz * 8;
+        ulong m = Bits.Mask(sz), sb = Bits.SignBit(sz);
+        dst &= m; src &= m;
+        int count = (int)(countRaw & (sz == 8 ? 63u : 31u));
+        if (count == 0) return dst;
+        ulong r;
+        bool cf;
+        if (sz == 2 && count > 16)
+        {
+            // Intel: the 16-bit forms shift the 48-bit dst:src:dst (or its mirror) - emulate that.
+            UInt128 wide = left ? ((UInt128)dst << 32) | ((UInt128)src << 16) | dst : ((UInt128)dst << 32) | ((UInt128)src << 16) | dst;
+            if (left)
+            {
+                r = (ulong)((wide << count) >> 32) & m;
+                cf = ((wide >> (48 - count)) & 1) != 0;
+            }
+            else
+            {
+                UInt128 w2 = ((UInt128)dst << 32) | ((UInt128)src << 16) | dst;
+                w2 = ((UInt128)dst) | ((UInt128)src << 16) | ((UInt128)dst << 32);
+                r = (ulong)(w2 >> count) & m;
+                cf = ((w2 >> (count - 1)) & 1) != 0;
+            }
+        }
+        else if (left)
+        {
+            r = ((dst << count) | (count >= bits ? src << (count - bits) : src >> (bits - count))) & m;
+            cf = count <= bits ? ((dst >> (bits - count)) & 1) != 0 : ((src >> (2 * bits - count)) & 1) != 0;
+        }
+        else
+        {
+            r = ((dst >> count) | (count >= bits ? src >> (count - bits) : src << (bits - count))) & m;
+            cf = count <= bits ? ((dst >> (count - 1)) & 1) != 0 : ((src >> (count - bits - 1)) & 1) != 0;
+        }
+        bool of = ((r ^ dst) & sb) != 0;
+        SetSzp(r, sz, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+        return r;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool Cond(ConditionCode cc)
+    {
+        ulong f = Rflags;
+        return cc switch
+        {
+            ConditionCode.o => (f & Flags.OF) != 0,
+            ConditionCode.no => (f & Flags.OF) == 0,
+            ConditionCode.b => (f & Flags.CF) != 0,
+            ConditionCode.ae => (f & Flags.CF) == 0,
+            ConditionCode.e => (f & Flags.ZF) != 0,
+            ConditionCode.ne => (f & Flags.ZF) == 0,
+            ConditionCode.be => (f & (Flags.CF | Flags.ZF)) != 0,
+            ConditionCode.a => (f & (Flags.CF | Flags.ZF)) == 0,
+            ConditionCode.s => (f & Flags.SF) != 0,
+            ConditionCode.ns => (f & Flags.SF) == 0,
+            ConditionCode.p => (f & Flags.PF) != 0,
+            ConditionCode.np => (f & Flags.PF) == 0,
+            ConditionCode.l => ((f >> 7) & 1) != ((f >> 11) & 1),
+            ConditionCode.ge => ((f >> 7) & 1) == ((f >> 11) & 1),
+            ConditionCode.le => (f & Flags.ZF) != 0 || ((f >> 7) & 1) != ((f >> 11) & 1),
+            ConditionCode.g => (f & Flags.ZF) == 0 && ((f >> 7) & 1) == ((f >> 11) & 1),
+            _ => true,
+        };
+    }
+
+    private void MulOp(ulong src, int sz, bool signed)
+    {
+        ulong lo, hi;
+        bool overflow;
+        switch (sz)
+        {
+            case 1:
+            {
+                ulong a = Gpr[0] & 0xFF;
+                ulong p = signed ? (ulong)(ushort)(short)((sbyte)a * (sbyte)src) : a * (src & 0xFF);
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | (p & 0xFFFF);
+                lo = p & 0xFF; hi = (p >> 8) & 0xFF;
+                overflow = signed ? (short)p != (sbyte)p : hi != 0;
+                SetSzp(lo, 1, overflow ? Flags.CF | Flags.OF : 0);
+                return;
+            }
+            case 2:
+            {
+                ulong a = Gpr[0] & 0xFFFF;
+                ulong p = signed ? (ulong)(uint)((short)a * (short)src) : a * (src & 0xFFFF);
+                lo = p & 0xFFFF; hi = (p >> 16) & 0xFFFF;
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | lo;
+                Gpr[2] = (Gpr[2] & ~0xFFFFUL) | hi;
+                overflow = signed ? (int)(uint)p != (short)p : hi != 0;
+                break;
+            }
+            case 4:
+            {
+                ulong a = Gpr[0] & 0xFFFFFFFF;
+                ulong p = signed ? (ulong)((long)(int)a * (int)src) : a * (src & 0xFFFFFFFF);
+                lo = p & 0xFFFFFFFF; hi = p >> 32;
+                Gpr[0] = lo; Gpr[2] = hi;
+                overflow = signed ? (long)p != (int)p : hi != 0;
+                break;
+            }
+            default:
+            {
+                if (signed)
+                {
+                    long h = Math.BigMul((long)Gpr[0], (long)src, out long l);
+                    lo = (ulong)l; hi = (ulong)h;
+                    overflow = h != (l >> 63);
+                }
+                else
+                {
+                    hi = Math.BigMul(Gpr[0], src, out lo);
+                    overflow = hi != 0;
+                }
+                Gpr[0] = lo; Gpr[2] = hi;
+                break;
+            }
+        }
+        SetSzp(lo, sz, overflow ? Flags.CF | Flags.OF : 0);
+    }
+
+    /// <summary>Two/three-operand IMUL: returns the truncated product and sets CF/OF.</summary>
+    private ulong Imul2(ulong a, ulong b, int sz)
+    {
+        long sa = Bits.SignExtend(a, sz), sbv = Bits.SignExtend(b, sz);
+        ulong r;
+        bool overflow;
+        if (sz == 8)
+        {
+            long h = Math.BigMul(sa, sbv, out long l);
+            r = (ulong)l;
+            overflow = h != (l >> 63);
+        }
+        else
+        {
+            long p = sa * sbv;
+            r = (ulong)p & Bits.Mask(sz);
+            overflow = Bits.SignExtend(r, sz) != p;
+        }
+        SetSzp(r, sz, overflow ? Flags.CF | Flags.OF : 0);
+        return r;
+    }
+
+    private void DivOp(ulong src, int sz, bool signed)
+    {
+        src &= Bits.Mask(sz);
+        if (src == 0) throw Fault(0);
+        switch (sz)
+        {
+            case 1:
+            {
+                ulong n = Gpr[0] & 0xFFFF;
+                ulong q, rem;
+                if (signed)
+                {
+                    int d = (sbyte)src, nn = (short)n;
+                    int qq = nn / d, rr = nn % d;
+                    if (qq is > 127 or < -128) throw Fault(0);
+                    q = (byte)qq; rem = (byte)rr;
+                }
+                else
+                {
+                    q = n / src; rem = n % src;
+                    if (q > 0xFF) throw Fault(0);
+                }
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | (rem << 8) | q;
+                return;
+            }
+            case 2:
+            {
+                ulong n = ((Gpr[2] & 0xFFFF) << 16) | (Gpr[0] & 0xFFFF);
+                ulong q, rem;
+                if (signed)
+                {
+                    long d = (short)src, nn = (int)n;
+                    long qq = nn / d, rr = nn % d;
+                    if (qq is > short.MaxValue or < short.MinValue) throw Fault(0);
+                    q = (ushort)qq; rem = (ushort)rr;
+                }
+                else
+                {
+                    q = n / src; rem = n % src;
+                    if (q > 0xFFFF) throw Fault(0);
+                }
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | q;
+                Gpr[2] = (Gpr[2] & ~0xFFFFUL) | rem;
+                return;
+            }
+            case 4:
+            {
+                ulong n = ((Gpr[2] & 0xFFFFFFFF) << 32) | (Gpr[0] & 0xFFFFFFFF);
+                if (signed)
+                {
+                    long d = (int)src, nn = (long)n;
+                    if (d == -1)
+                    {
+                        if (nn == long.MinValue) throw Fault(0);
+                        long qq1 = -nn;
+                        if (qq1 is > int.MaxValue or < int.MinValue) throw Fault(0);
+                        Gpr[0] = (uint)qq1; Gpr[2] = 0;
+                        return;
+                    }
+                    long qq = nn / d, rr = nn % d;
+                    if (qq is > int.MaxValue or < int.MinValue) throw Fault(0);
+                    Gpr[0] = (uint)qq; Gpr[2] = (uint)rr;
+                }
+                else
+                {
+                    ulong q = n / src;
+                    if (q > 0xFFFFFFFF) throw Fault(0);
+                    Gpr[0] = q; Gpr[2] = n % src;
+                }
+                return;
+            }
+            default:
+            {
+                if (signed)
+                {
+                    Int128 n = (Int128)(((UInt128)Gpr[2] << 64) | Gpr[0]);
+                    long d = (long)src;
+                    if (d == -1)
+                    {
+                        if (n == Int128.MinValue) throw Fault(0);
+                        Int128 qn = -n;
+                        if (qn > long.MaxValue || qn < long.MinValue) throw Fault(0);
+                        Gpr[0] = (ulong)(long)qn; Gpr[2] = 0;
+                        return;
+                    }
+                    Int128 q = n / d, r = n % d;
+                    if (q > long.MaxValue || q < long.MinValue) throw Fault(0);
+                    Gpr[0] = (ulong)(long)q; Gpr[2] = (ulong)(long)r;
+                }
+                else
+                {
+                    if (Gpr[2] >= src) throw Fault(0);
+                    UInt128 n = ((UInt128)Gpr[2] << 64) | Gpr[0];
+                    Gpr[0] = (ulong)(n / src); Gpr[2] = (ulong)(n % src);
+                }
+                return;
+            }
+        }
+    }
+
+    private static int Popcount(ulong v) => BitOperations.PopCount(v);
+}

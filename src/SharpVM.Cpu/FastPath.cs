@@ -1,0 +1,318 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Iced.Intel;
+
+namespace SharpVM.Cpu;
+
+/// <summary>
+/// A pre-decoded instruction for the hot path: the common integer forms get a handler id and their
+/// operands as plain register numbers, displacement and immediate, so executing them needs no Iced
+/// property decoding. Everything else has <see cref="Op"/> = 0 and runs through the generic interpreter.
+/// </summary>
+internal struct DInsn
+{
+    public byte Op;      // FastOp
+    public byte Alu;     // ALU sub-operation or condition code
+    public byte Size;    // operand size
+    public byte ASize;   // address size
+    public sbyte Dst;    // GPR number of the register operand written/read first
+    public sbyte Src;    // GPR number of the second register operand
+    public bool DstHigh, SrcHigh;
+    public sbyte Base, Index;
+    public byte Scale;   // shift
+    public byte Seg;
+    public ulong Disp;
+    public ulong Imm;
+    public ulong Ip, NextIp;
+}
+
+internal static class FastOp
+{
+    public const byte None = 0, MovRR = 1, MovRM = 2, MovMR = 3, MovRI = 4, MovMI = 5,
+        AluRR = 6, AluRM = 7, AluMR = 8, AluRI = 9, AluMI = 10, Lea = 11, IncR = 12, DecR = 13,
+        Jcc = 14, Jmp = 15, Call = 16, Ret = 17, Push = 18, Pop = 19, ShiftRI = 20, MovzxRR = 21, MovzxRM = 22,
+        MovsxRR = 23, MovsxRM = 24, Nop = 25;
+}
+
+public sealed unsafe partial class EmulatorVcpu
+{
+    private static bool IsGpr(Register r) => r != Register.None && RegTable.Index[(int)r] >= 0 && r.IsGPR();
+
+    private static bool SetMem(ref DInsn d, in Instruction i)
+    {
+        if (i.IsIPRelativeMemoryOperand)
+        {
+            d.Base = -1; d.Index = -1;
+            d.Disp = d.ASize == 4 ? (uint)i.IPRelativeMemoryAddress : i.IPRelativeMemoryAddress;
+        }
+        else
+        {
+            var b = i.MemoryBase;
+            var x = i.MemoryIndex;
+            if (b != Register.None && !b.IsGPR()) return false;
+            if (x != Register.None && (!x.IsGPR() || RegTable.High8[(int)x])) return false;
+            d.Base = b == Register.None ? (sbyte)-1 : RegTable.Index[(int)b];
+            d.Index = x == Register.None ? (sbyte)-1 : RegTable.Index[(int)x];
+            d.Scale = (byte)System.Numerics.BitOperations.Log2((uint)i.MemoryIndexScale);
+            d.Disp = i.MemoryDisplacement64;
+        }
+        d.Seg = (byte)(i.MemorySegment - Register.ES);
+        return true;
+    }
+
+    private static void SetDst(ref DInsn d, Register r)
+    {
+        d.Dst = RegTable.Index[(int)r];
+        d.DstHigh = RegTable.High8[(int)r];
+    }
+
+    private static void SetSrc(ref DInsn d, Register r)
+    {
+        d.Src = RegTable.Index[(int)r];
+        d.SrcHigh = RegTable.High8[(int)r];
+    }
+
+    private static bool IsImm(OpKind k) => k is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate32 or OpKind.Immediate64
+        or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32to64;
+
+    /// <summary>Classifies an instruction for the fast path (see <see cref="DInsn"/>).</summary>
+    internal static DInsn Predecode(in Instruction i, int osz, int asz, int bitness)
+    {
+        var d = new DInsn { Size = (byte)osz, ASize = (byte)asz, Ip = i.IP, NextIp = i.NextIP, Dst = -1, Src = -1, Base = -1, Index = -1 };
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return d;
+        var mn = i.Mnemonic;
+        int alu = mn switch
+        {
+            Mnemonic.Add => OpAdd, Mnemonic.Or => OpOr, Mnemonic.Adc => OpAdc, Mnemonic.Sbb => OpSbb, Mnemonic.And => OpAnd,
+            Mnemonic.Sub => OpSub, Mnemonic.Xor => OpXor, Mnemonic.Cmp => OpCmp, Mnemonic.Test => OpTest, _ => -1,
+        };
+        var k0 = i.OpCount > 0 ? i.Op0Kind : OpKind.Register;
+        var k1 = i.OpCount > 1 ? i.Op1Kind : OpKind.Register;
+        if (mn == Mnemonic.Mov || alu >= 0)
+        {
+            if (i.OpCount != 2) return d;
+            byte rr, rm, mr, ri, mi;
+            if (mn == Mnemonic.Mov) { rr = FastOp.MovRR; rm = FastOp.MovRM; mr = FastOp.MovMR; ri = FastOp.MovRI; mi = FastOp.MovMI; }
+            else { rr = FastOp.AluRR; rm = FastOp.AluRM; mr = FastOp.AluMR; ri = FastOp.AluRI; mi = FastOp.AluMI; d.Alu = (byte)alu; }
+            if (k0 == OpKind.Register && IsGpr(i.Op0Register))
+            {
+                SetDst(ref d, i.Op0Register);
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register)) { SetSrc(ref d, i.Op1Register); d.Op = rr; }
+                else if (k1 == OpKind.Memory) { if (SetMem(ref d, i)) d.Op = rm; }
+                else if (IsImm(k1)) { d.Imm = i.GetImmediate(1) & Bits.Mask(osz); d.Op = ri; }
+            }
+            else if (k0 == OpKind.Memory)
+            {
+                if (!SetMem(ref d, i)) return d;
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register)) { SetSrc(ref d, i.Op1Register); d.Op = mr; }
+                else if (IsImm(k1)) { d.Imm = i.GetImmediate(1) & Bits.Mask(osz); d.Op = mi; }
+            }
+            return d;
+        }
+        switch (mn)
+        {
+            case Mnemonic.Lea:
+                if (IsGpr(i.Op0Register) && SetMem(ref d, i)) { SetDst(ref d, i.Op0Register); d.Op = FastOp.Lea; }
+                break;
+            case Mnemonic.Inc:
+            case Mnemonic.Dec:
+                if (k0 == OpKind.Register && IsGpr(i.Op0Register)) { SetDst(ref d, i.Op0Register); d.Op = mn == Mnemonic.Inc ? FastOp.IncR : FastOp.DecR; }
+                break;
+            case Mnemonic.Jo: case Mnemonic.Jno: case Mnemonic.Jb: case Mnemonic.Jae: case Mnemonic.Je: case Mnemonic.Jne:
+            case Mnemonic.Jbe: case Mnemonic.Ja: case Mnemonic.Js: case Mnemonic.Jns: case Mnemonic.Jp: case Mnemonic.Jnp:
+            case Mnemonic.Jl: case Mnemonic.Jge: case Mnemonic.Jle: case Mnemonic.Jg:
+                d.Op = FastOp.Jcc; d.Alu = (byte)i.ConditionCode; d.Imm = i.NearBranchTarget;
+                break;
+            case Mnemonic.Jmp:
+                if (k0 is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64) { d.Op = FastOp.Jmp; d.Imm = i.NearBranchTarget; }
+                break;
+            case Mnemonic.Call:
+                if (k0 is OpKind.NearBranch64 && bitness == 64) { d.Op = FastOp.Call; d.Imm = i.NearBranchTarget; }
+                break;
+            case Mnemonic.Ret:
+                if (i.OpCount == 0 && bitness == 64 && osz == 8) d.Op = FastOp.Ret;
+                break;
+            case Mnemonic.Push:
+                if (bitness == 64 && k0 == OpKind.Register && i.Op0Register.IsGPR64()) { SetDst(ref d, i.Op0Register); d.Op = FastOp.Push; }
+                break;
+            case Mnemonic.Pop:
+                if (bitness == 64 && k0 == OpKind.Register && i.Op0Register.IsGPR64()) { SetDst(ref d, i.Op0Register); d.Op = FastOp.Pop; }
+                break;
+            case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar:
+                if (k0 == OpKind.Register && IsGpr(i.Op0Register) && k1 == OpKind.Immediate8)
+                {
+                    SetDst(ref d, i.Op0Register);
+                    d.Op = FastOp.ShiftRI;
+                    d.Alu = (byte)(mn == Mnemonic.Shl ? 0 : mn == Mnemonic.Shr ? 1 : 2);
+                    d.Imm = i.Immediate8;
+                }
+                break;
+            case Mnemonic.Movzx:
+            case Mnemonic.Movsx:
+            {
+                if (!IsGpr(i.Op0Register)) break;
+                SetDst(ref d, i.Op0Register);
+                bool zx = mn == Mnemonic.Movzx;
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register))
+                {
+                    SetSrc(ref d, i.Op1Register);
+                    d.Imm = (ulong)RegTable.Size[(int)i.Op1Register];
+                    d.Op = zx ? FastOp.MovzxRR : FastOp.MovsxRR;
+                }
+                else if (k1 == OpKind.Memory && SetMem(ref d, i))
+                {
+                    d.Imm = (ulong)i.MemorySize.GetSize();
+                    d.Op = zx ? FastOp.MovzxRM : FastOp.MovsxRM;
+                }
+                break;
+            }
+            case Mnemonic.Nop:
+            case Mnemonic.Pause:
+            case Mnemonic.Endbr64:
+                d.Op = FastOp.Nop;
+                break;
+        }
+        return d;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ref ulong G(int idx) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(Gpr), idx);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong GetR(int idx, bool high, int size)
+    {
+        ulong v = G(idx);
+        if (high) return (v >> 8) & 0xFF;
+        return size switch { 8 => v, 4 => (uint)v, 2 => (ushort)v, _ => (byte)v };
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void SetR(int idx, bool high, int size, ulong v)
+    {
+        ref ulong g = ref G(idx);
+        switch (size)
+        {
+            case 8: g = v; break;
+            case 4: g = (uint)v; break;
+            case 2: g = (g & ~0xFFFFUL) | (ushort)v; break;
+            default:
+                if (high) g = (g & ~0xFF00UL) | ((v & 0xFF) << 8);
+                else g = (g & ~0xFFUL) | (byte)v;
+                break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong FastAddr(ref DInsn d)
+    {
+        ulong a = d.Disp;
+        if (d.Base >= 0) a += G(d.Base);
+        if (d.Index >= 0) a += G(d.Index) << d.Scale;
+        if (d.ASize != 8) a = d.ASize == 4 ? (uint)a : (ushort)a;
+        return a;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong FastLinear(ref DInsn d) => Linear(d.Seg, FastAddr(ref d));
+
+    /// <summary>Executes a pre-decoded instruction; false if it has no fast handler.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool ExecFast(ref DInsn d)
+    {
+        int sz = d.Size;
+        switch (d.Op)
+        {
+            case FastOp.MovRR: SetR(d.Dst, d.DstHigh, sz, GetR(d.Src, d.SrcHigh, sz)); return true;
+            case FastOp.MovRM: SetR(d.Dst, d.DstHigh, sz, Read(FastLinear(ref d), sz)); return true;
+            case FastOp.MovMR: Write(FastLinear(ref d), sz, GetR(d.Src, d.SrcHigh, sz)); return true;
+            case FastOp.MovRI: SetR(d.Dst, d.DstHigh, sz, d.Imm); return true;
+            case FastOp.MovMI: Write(FastLinear(ref d), sz, d.Imm); return true;
+            case FastOp.AluRR:
+            {
+                ulong r = Alu(d.Alu, GetR(d.Dst, d.DstHigh, sz), GetR(d.Src, d.SrcHigh, sz), sz);
+                if (d.Alu < OpCmp) SetR(d.Dst, d.DstHigh, sz, r);
+                return true;
+            }
+            case FastOp.AluRM:
+            {
+                ulong r = Alu(d.Alu, GetR(d.Dst, d.DstHigh, sz), Read(FastLinear(ref d), sz), sz);
+                if (d.Alu < OpCmp) SetR(d.Dst, d.DstHigh, sz, r);
+                return true;
+            }
+            case FastOp.AluRI:
+            {
+                ulong r = Alu(d.Alu, GetR(d.Dst, d.DstHigh, sz), d.Imm, sz);
+                if (d.Alu < OpCmp) SetR(d.Dst, d.DstHigh, sz, r);
+                return true;
+            }
+            case FastOp.AluMR:
+            {
+                ulong la = FastLinear(ref d);
+                ulong r = Alu(d.Alu, Read(la, sz), GetR(d.Src, d.SrcHigh, sz), sz);
+                if (d.Alu < OpCmp) Write(la, sz, r);
+                return true;
+            }
+            case FastOp.AluMI:
+            {
+                ulong la = FastLinear(ref d);
+                ulong r = Alu(d.Alu, Read(la, sz), d.Imm, sz);
+                if (d.Alu < OpCmp) Write(la, sz, r);
+                return true;
+            }
+            case FastOp.Lea: SetR(d.Dst, false, sz, FastAddr(ref d)); return true;
+            case FastOp.IncR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, false)); return true;
+            case FastOp.DecR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, true)); return true;
+            case FastOp.Jcc:
+                if (Cond((ConditionCode)d.Alu)) { Rip = d.Imm; _endBlock = true; }
+                return true;
+            case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
+            case FastOp.Call:
+            {
+                ulong sp = G(4) - 8;
+                Write(sp, 8, d.NextIp);
+                G(4) = sp;
+                Rip = d.Imm;
+                _endBlock = true;
+                return true;
+            }
+            case FastOp.Ret:
+            {
+                ulong sp = G(4);
+                Rip = Read(sp, 8);
+                G(4) = sp + 8;
+                _endBlock = true;
+                return true;
+            }
+            case FastOp.Push:
+            {
+                ulong v = G(d.Dst);
+                ulong sp = G(4) - 8;
+                Write(sp, 8, v);
+                G(4) = sp;
+                return true;
+            }
+            case FastOp.Pop:
+            {
+                ulong sp = G(4);
+                ulong v = Read(sp, 8);
+                G(4) = sp + 8;
+                G(d.Dst) = v;
+                return true;
+            }
+            case FastOp.ShiftRI:
+            {
+                var mn = d.Alu == 0 ? Mnemonic.Shl : d.Alu == 1 ? Mnemonic.Shr : Mnemonic.Sar;
+                ulong count = d.Imm & (sz == 8 ? 63u : 31u);
+                ulong res = Shift(mn, GetR(d.Dst, d.DstHigh, sz), d.Imm, sz);
+                if (count != 0 || sz == 4) SetR(d.Dst, d.DstHigh, sz, res);
+                return true;
+            }
+            case FastOp.MovzxRR: SetR(d.Dst, false, sz, GetR(d.Src, d.SrcHigh, (int)d.Imm)); return true;
+            case FastOp.MovzxRM: SetR(d.Dst, false, sz, Read(FastLinear(ref d), (int)d.Imm)); return true;
+            case FastOp.MovsxRR: SetR(d.Dst, false, sz, (ulong)Bits.SignExtend(GetR(d.Src, d.SrcHigh, (int)d.Imm), (int)d.Imm)); return true;
+            case FastOp.MovsxRM: SetR(d.Dst, false, sz, (ulong)Bits.SignExtend(Read(FastLinear(ref d), (int)d.Imm), (int)d.Imm)); return true;
+            case FastOp.Nop: return true;
+            default: return false;
+        }
+    }
+}

@@ -1,0 +1,280 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+using SharpVM.Hypervisor;
+using SharpVM.Memory;
+
+namespace SharpVM.Cpu;
+
+public sealed unsafe partial class EmulatorVcpu
+{
+    private const int BlockCacheSize = 1 << 15;
+    private const int MaxBlockInsns = 64;
+    private readonly Block?[] _blocks = new Block?[BlockCacheSize];
+    private readonly BufferReader _reader = new();
+    private Decoder? _dec16, _dec32, _dec64;
+    private uint _blockCounter;
+    internal ulong FaultRip;
+
+    /// <summary>Runs guest code until HLT (without an interrupt source), shutdown, an error or <see cref="RequestExit"/>.</summary>
+    public VcpuExit Run(IVcpuIoHandler io)
+    {
+        _io = io;
+        while (true)
+        {
+            if (_exitRequested != 0)
+            {
+                _exitRequested = 0;
+                return new VcpuExit(VcpuExitReason.Interrupted);
+            }
+            try
+            {
+                if (_halted)
+                {
+                    if (_intSource is null)
+                    {
+                        _halted = false;
+                        return new VcpuExit(VcpuExitReason.Halt);
+                    }
+                    if (!WaitWhileHalted()) continue;
+                }
+                if (_irqHint || (++_blockCounter & 15) == 0)
+                {
+                    FaultRip = Rip;
+                    CheckInterrupts();
+                }
+                RunBlocks();
+            }
+            catch (CpuFault f)
+            {
+                Rip = FaultRip;
+                try
+                {
+                    DeliverException(f.Vector, f.HasErrorCode, f.ErrorCode);
+                }
+                catch (CpuTripleFault)
+                {
+                    return new VcpuExit(VcpuExitReason.Shutdown, Detail: $"triple fault at RIP 0x{Rip:x}");
+                }
+            }
+            catch (CpuTripleFault)
+            {
+                return new VcpuExit(VcpuExitReason.Shutdown, Detail: $"triple fault at RIP 0x{Rip:x}");
+            }
+            catch (CpuUnimplemented u)
+            {
+                Rip = FaultRip;
+                return new VcpuExit(VcpuExitReason.InternalError, Detail: $"{u.Message} at RIP 0x{FaultRip:x} (bytes {DescribeBytes(FaultRip)})");
+            }
+            catch (GuestMemoryException e)
+            {
+                Rip = FaultRip;
+                return new VcpuExit(VcpuExitReason.InternalError, Detail: $"guest memory access failed at RIP 0x{FaultRip:x}: {e.Message}");
+            }
+            catch (Exception e) when (e is IndexOutOfRangeException or ArgumentException or InvalidOperationException or NotSupportedException or OverflowException)
+            {
+                Rip = FaultRip;
+                return new VcpuExit(VcpuExitReason.InternalError, Detail: $"emulator error at RIP 0x{FaultRip:x} (bytes {DescribeBytes(FaultRip)}): {e}");
+            }
+        }
+    }
+
+    private string DescribeBytes(ulong rip)
+    {
+        try
+        {
+            var sb = new System.Text.StringBuilder();
+            ulong la = Linear(CS, rip);
+            for (int k = 0; k < 15; k++) sb.Append($"{Read(la + (ulong)k, 1, PermSR | PermUR | PermSX):x2} ");
+            return sb.ToString().TrimEnd();
+        }
+        catch (CpuFault)
+        {
+            return "unreadable";
+        }
+    }
+
+    /// <summary>Waits in HLT; returns true when the vCPU should go on running guest code.</summary>
+    private bool WaitWhileHalted()
+    {
+        var src = _intSource!;
+        while (true)
+        {
+            if (_exitRequested != 0) return false;
+            if (!_nmiBlocked && src.TakePendingNmi())
+            {
+                _halted = false;
+                DeliverInterrupt(2, false, 0, InterruptKind.Nmi);
+                _nmiBlocked = true;
+                return true;
+            }
+            if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
+            {
+                _halted = false;
+                _irqHint = true;
+                return true;
+            }
+            _wake.Wait(1);
+        }
+    }
+
+    private void CheckInterrupts()
+    {
+        _irqHint = false;
+        var src = _intSource;
+        if (src is null) return;
+        if (_interruptShadow)
+        {
+            _interruptShadow = false;
+            _irqHint = true;
+            return;
+        }
+        if (!_nmiBlocked && src.TakePendingNmi())
+        {
+            DeliverInterrupt(2, false, 0, InterruptKind.Nmi);
+            _nmiBlocked = true;
+            return;
+        }
+        if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
+        {
+            int vector = src.AcknowledgeInterrupt();
+            if (vector >= 0 && vector < 256) DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            _irqHint = true;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Linear(int seg, ulong ea)
+    {
+        if (Bitness == 64) return seg >= FS ? Sregs[seg].Base + ea : ea;
+        return (uint)(Sregs[seg].Base + ea);
+    }
+
+    /// <summary>Runs up to a few dozen blocks, stopping early for exits, interrupts and HLT.</summary>
+    private void RunBlocks()
+    {
+        for (int budget = 32; budget > 0; budget--)
+        {
+            RunBlock();
+            if (_exitRequested != 0 || _irqHint || _halted) return;
+        }
+    }
+
+    private void RunBlock()
+    {
+        ulong rip = Rip;
+        FaultRip = rip;
+        ulong la = Linear(CS, rip);
+        ulong phys = TranslateFetch(la, out byte* host);
+        if (host == null) throw new CpuUnimplemented($"instruction fetch from non-RAM physical address 0x{phys:x}");
+        int slot = (int)((rip ^ (rip >> 15)) & (BlockCacheSize - 1));
+        var b = _blocks[slot];
+        if (b is null || b.Rip != rip || b.Phys != phys || b.Bitness != Bitness || !Verify(b, host + (phys & 0xFFF), la))
+        {
+            b = Decode(rip, la, phys, host);
+            _blocks[slot] = b;
+        }
+        _blockPpn = phys >> 12;
+        _blockPpn2 = b.Ppn2;
+        _endBlock = false;
+        // No try/finally here: exception handling would keep the loop's locals out of registers.
+        // A fault leaves _blockPpn set; that only ends a later block early, which is harmless.
+        var ds = b.D;
+        int n = b.Count;
+        InstructionsRetired += n;
+        for (int k = 0; k < n; k++)
+        {
+            ref DInsn d = ref ds[k];
+            FaultRip = d.Ip;
+            Rip = d.NextIp;
+            if (d.Op == FastOp.None || !ExecFast(ref d)) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+            if (_endBlock)
+            {
+                InstructionsRetired -= n - k - 1;
+                break;
+            }
+        }
+        _blockPpn = ulong.MaxValue;
+        _blockPpn2 = ulong.MaxValue;
+    }
+
+    private bool Verify(Block b, byte* code, ulong la)
+    {
+        if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.Bytes.AsSpan(0, b.Len1))) return false;
+        if (b.Len2 == 0) return true;
+        ulong phys2 = TranslateFetch((la & ~0xFFFUL) + 0x1000, out byte* host2);
+        if (host2 == null || phys2 >> 12 != b.Ppn2) return false;
+        return new ReadOnlySpan<byte>(host2, b.Len2).SequenceEqual(b.Bytes.AsSpan(b.Len1, b.Len2));
+    }
+
+    private Decoder GetDecoder(int bitness)
+    {
+        return bitness switch
+        {
+            64 => _dec64 ??= Decoder.Create(64, _reader, 0, DecoderOptions.None),
+            32 => _dec32 ??= Decoder.Create(32, _reader, 0, DecoderOptions.None),
+            _ => _dec16 ??= Decoder.Create(16, _reader, 0, DecoderOptions.None),
+        };
+    }
+
+    private Block Decode(ulong rip, ulong la, ulong phys, byte* host)
+    {
+        int off = (int)(phys & 0xFFF);
+        int avail = 4096 - off;
+        var buf = _reader.Buffer;
+        new ReadOnlySpan<byte>(host + off, avail).CopyTo(buf);
+        _reader.Position = 0;
+        _reader.End = avail;
+        var dec = GetDecoder(Bitness);
+        dec.IP = rip;
+        var insns = new Instruction[MaxBlockInsns];
+        int count = 0;
+        int len2 = 0;
+        ulong ppn2 = ulong.MaxValue;
+        while (count < MaxBlockInsns)
+        {
+            int start = _reader.Position;
+            dec.Decode(out insns[count]);
+            ref var ins = ref insns[count];
+            if (ins.IsInvalid && dec.LastError == DecoderError.NoMoreBytes)
+            {
+                if (count > 0) { _reader.Position = start; break; }
+                // The first instruction crosses into the next page: fetch that page too (may #PF).
+                ulong phys2 = TranslateFetch((la & ~0xFFFUL) + 0x1000, out byte* host2);
+                if (host2 == null) throw new CpuUnimplemented($"instruction fetch from non-RAM physical address 0x{phys2:x}");
+                new ReadOnlySpan<byte>(host2, 15).CopyTo(buf.AsSpan(avail));
+                _reader.Position = 0;
+                _reader.End = avail + 15;
+                dec.IP = rip;
+                dec.Decode(out insns[0]);
+                int used = _reader.Position;
+                len2 = Math.Max(0, used - avail);
+                if (len2 > 0) ppn2 = phys2 >> 12;
+                count = 1;
+                _reader.Position = used;
+                break;
+            }
+            count++;
+            if (ins.IsInvalid || ins.FlowControl != FlowControl.Next || EndsBlock(ins.Mnemonic)) break;
+        }
+        int total = _reader.Position;
+        var b = new Block
+        {
+            Rip = rip, Phys = phys, Bitness = Bitness, Count = count,
+            Insns = insns[..count], OpSize = new byte[count], AddrSize = new byte[count],
+            Bytes = buf.AsSpan(0, total).ToArray(), Len1 = total - len2, Len2 = len2, Ppn2 = ppn2,
+        };
+        b.D = new DInsn[count];
+        for (int k = 0; k < count; k++)
+        {
+            b.OpSize[k] = (byte)Decoding.OperandSize(in b.Insns[k]);
+            b.AddrSize[k] = (byte)Decoding.AddressSize(in b.Insns[k], Bitness);
+            b.D[k] = Predecode(in b.Insns[k], b.OpSize[k], b.AddrSize[k], Bitness);
+        }
+        return b;
+    }
+
+    /// <summary>Instructions after which the mode or interrupt state may have changed: end the block there.</summary>
+    private static bool EndsBlock(Mnemonic m) => m is Mnemonic.Sti or Mnemonic.Popf or Mnemonic.Popfd or Mnemonic.Popfq
+        or Mnemonic.Hlt or Mnemonic.Lgdt or Mnemonic.Lidt or Mnemonic.Lmsw or Mnemonic.Invlpg or Mnemonic.Wrmsr
+        or Mnemonic.Ltr or Mnemonic.Lldt or Mnemonic.Swapgs or Mnemonic.Clts or Mnemonic.Cli;
+}

@@ -1,0 +1,512 @@
+using System.Diagnostics;
+using Iced.Intel;
+using SharpVM.Devices.Interrupts;
+using SharpVM.Hypervisor;
+using SharpVM.Memory;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace SharpVM.Cpu.Tests;
+
+internal sealed class FakeInterruptSource : IVcpuInterruptSource
+{
+    private volatile int _pending = -1;
+    private volatile bool _nmi;
+    public int Acknowledged;
+    public bool HasPendingInterrupt => _pending >= 0;
+
+    public int AcknowledgeInterrupt()
+    {
+        int v = _pending;
+        _pending = -1;
+        Acknowledged++;
+        return v;
+    }
+
+    public bool TakePendingNmi()
+    {
+        bool n = _nmi;
+        _nmi = false;
+        return n;
+    }
+
+    public Action? WakeUp { get; set; }
+
+    public void Raise(int vector)
+    {
+        _pending = vector;
+        WakeUp?.Invoke();
+    }
+
+    public void RaiseNmi()
+    {
+        _nmi = true;
+        WakeUp?.Invoke();
+    }
+}
+
+/// <summary>Tiny guests run in the emulator alone: mode switches, paging, exceptions, privilege changes, I/O, HLT, RequestExit, SMC.</summary>
+public sealed class SystemTests
+{
+    private static Assembler A64() => new(64);
+
+    /// <summary>Points IDT vector <paramref name="v"/> at <paramref name="handler"/> (64-bit interrupt gate, DPL3, optional IST).</summary>
+    private static void SetGate(TestGuest g, int v, ulong handler, int ist = 0, bool present = true)
+    {
+        ulong lo = (handler & 0xFFFF) | ((ulong)TestGuest.KCode << 16) | ((ulong)ist << 32) | ((present ? 0xEEUL : 0x6EUL) << 40) | ((handler >> 16 & 0xFFFF) << 48);
+        g.W64(TestGuest.IdtAddr + (ulong)v * 16, lo);
+        g.W64(TestGuest.IdtAddr + (ulong)v * 16 + 8, handler >> 32);
+    }
+
+    [Fact]
+    public void RealModeToProtectedToLongMode()
+    {
+        using var g = new TestGuest(longMode: false);
+        // Real mode at 0000:8000.
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Cs = new Segment { Base = 0, Limit = 0xFFFF, Selector = 0, Type = 0xB, S = true, Present = true };
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = 0x8000, Rsp = 0x7000, Rflags = 2 });
+        // GDTR image at 0x7800.
+        g.W16(0x7800, 0x57);
+        g.W32(0x7802, (uint)TestGuest.GdtAddr);
+        g.Load(0x8000, a =>
+        {
+            a.cli();
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            a.lgdt(__[0x7800]);
+            a.mov(eax, cr0);
+            a.or(al, 1);
+            a.mov(cr0, eax);
+            a.db(0x66, 0xEA); a.dd(0x8100); a.dw(TestGuest.KCode32); // jmp dword 0x18:0x8100
+        }, 16);
+        g.Load(0x8100, a =>
+        {
+            a.mov(ax, TestGuest.KData);
+            a.mov(ds, ax); a.mov(es, ax); a.mov(ss, ax);
+            a.mov(esp, 0x7000);
+            a.mov(eax, cr4); a.or(eax, 0x20); a.mov(cr4, eax);
+            a.mov(eax, (uint)TestGuest.Pml4); a.mov(cr3, eax);
+            a.mov(ecx, 0xC0000080); a.rdmsr(); a.or(eax, 0x100); a.wrmsr();
+            a.mov(eax, cr0); a.or(eax, 0x80000000); a.mov(cr0, eax);
+            a.db(0xEA); a.dd(0x8200); a.dw(TestGuest.KCode); // jmp 0x08:0x8200
+        }, 32);
+        g.Load(0x8200, a =>
+        {
+            a.mov(rax, 0x1122334455667788);
+            a.mov(dx, 0xE9);
+            a.mov(al, (byte)'L');
+            a.@out(dx, al);
+            a.mov(rax, 0x1122334455667788);
+            a.hlt();
+        });
+        var exit = g.Run();
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        var r = g.Cpu.GetRegisters();
+        var sr = g.Cpu.GetSpecialRegisters();
+        Assert.Equal(0x1122334455667788UL, r.Rax);
+        Assert.Equal(TestGuest.KCode, sr.Cs.Selector);
+        Assert.True(sr.Cs.L);
+        Assert.NotEqual(0UL, sr.Efer & 0x400); // LMA
+        Assert.Contains(g.Io.PioWrites, w => w.Port == 0xE9 && w.Value == 'L');
+    }
+
+    [Fact]
+    public void RealModeSoftwareInterruptUsesTheIvt()
+    {
+        using var g = new TestGuest(longMode: false);
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Cs = new Segment { Base = 0, Limit = 0xFFFF, Selector = 0, Type = 0xB, S = true, Present = true };
+        s.Idt = new DescriptorTable { Base = 0, Limit = 0x3FF };
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = 0x8000, Rsp = 0x7000, Rflags = 0x202 });
+        g.W32(0x10 * 4, 0x0000_9000); // INT 10h -> 0000:9000
+        g.Load(0x8000, a => { a.mov(bx, 5); a.@int(0x10); a.add(bx, ax); a.hlt(); }, 16);
+        g.Load(0x9000, a => { a.mov(ax, 37); a.iret(); }, 16);
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(42UL, g.Cpu.GetRegisters().Rbx & 0xFFFF);
+        Assert.Equal(0x7000UL, g.Cpu.GetRegisters().Rsp & 0xFFFF);
+    }
+
+    [Fact]
+    public void PageFaultsReportErrorCodeAndCr2ToTheGuestHandler()
+    {
+        using var g = new TestGuest();
+        // Map 0x4000_0000.. with a 4 KiB page table: page 0 not present, page 1 read-only, page 2 supervisor-only, page 3 NX.
+        const ulong Pd1 = 0x20000, Pt = 0x21000;
+        g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
+        g.W64(Pd1, Pt | 7);
+        g.W64(Pt + 0 * 8, 0);
+        g.W64(Pt + 1 * 8, 0x600000 | 0x5);                   // present, user, read-only
+        g.W64(Pt + 2 * 8, 0x601000 | 0x3);                   // present, writable, supervisor
+        g.W64(Pt + 3 * 8, 0x602000 | 0x7 | (1UL << 63));     // NX
+        g.W8(0x602000, 0xC3);
+        // #PF handler: record CR2 and the error code, then HLT.
+        g.Load(0xA000, a => { a.mov(rax, cr2); a.mov(rbx, __qword_ptr[rsp]); a.hlt(); });
+        SetGate(g, 14, 0xA000);
+
+        (ulong cr2, ulong err) Fault(Action<Assembler> body)
+        {
+            g.EnterLongMode();
+            g.Load(TestGuest.CodeAddr, a => { body(a); a.mov(rax, 0xBAD); a.hlt(); });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            var r = g.Cpu.GetRegisters();
+            Assert.Equal(0xA008UL, r.Rip); // just after the handler's hlt
+            Assert.Equal(g.Cpu.GetSpecialRegisters().Cr2, r.Rax);
+            return (r.Rax, r.Rbx);
+        }
+        Assert.Equal((0x4000_0010UL, 0UL), Fault(a => { a.mov(rcx, 0x4000_0010UL); a.mov(rdx, __qword_ptr[rcx]); }));
+        Assert.Equal((0x4000_1008UL, 3UL), Fault(a => { a.mov(rcx, 0x4000_1008UL); a.mov(__qword_ptr[rcx], rdx); }));
+        Assert.Equal((0x4000_3000UL, 0x11UL), Fault(a => { a.mov(rcx, 0x4000_3000UL); a.call(rcx); }));
+        // A/D bits: the read-only page was read by the walk above? Read it now and check Accessed.
+        g.EnterLongMode();
+        g.Load(TestGuest.CodeAddr, a => { a.mov(rcx, 0x4000_2000UL); a.mov(__qword_ptr[rcx], rcx); a.hlt(); });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(0x60UL, g.R64(Pt + 2 * 8) & 0x60); // accessed + dirty
+        Assert.Equal(0x4000_2000UL, g.R64(0x601000));
+        Assert.Equal(0x601000UL, g.Cpu.Translate(0x4000_2000UL));
+        Assert.Null(g.Cpu.Translate(0x4000_0000UL));
+    }
+
+    [Fact]
+    public void PageFaultHandlerCanMapThePageAndResume()
+    {
+        using var g = new TestGuest();
+        const ulong Pd1 = 0x20000, Pt = 0x21000;
+        g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
+        g.W64(Pd1, Pt | 7);
+        g.W64(0x700000, 0x5555);
+        // Handler: map the faulting page to 0x700000, pop the error code, iretq.
+        g.Load(0xA000, a =>
+        {
+            a.inc(r15);
+            a.mov(rax, (ulong)Pt);
+            a.mov(__qword_ptr[rax], 0x700000 | 3);
+            a.add(rsp, 8);
+            a.iretq();
+        });
+        SetGate(g, 14, 0xA000);
+        g.Load(TestGuest.CodeAddr, a => { a.mov(rcx, 0x4000_0000UL); a.mov(rdx, __qword_ptr[rcx]); a.hlt(); });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0x5555UL, r.Rdx);
+        Assert.Equal(1UL, r.R15);
+        Assert.Equal(TestGuest.StackTop, r.Rsp);
+    }
+
+    [Fact]
+    public void GeneralProtectionUndefinedOpcodeAndDivideErrors()
+    {
+        using var g = new TestGuest();
+        void Expect(int vector, ulong? err, Action<Assembler> body)
+        {
+            g.EnterLongMode();
+            g.Load(TestGuest.CodeAddr, a => { body(a); a.hlt(); });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            Assert.Equal(vector, g.Vector);
+            var r = g.Cpu.GetRegisters();
+            if (err is ulong e) Assert.Equal(e, g.R64(r.Rsp));
+            ulong frameRip = g.R64(r.Rsp + (err is null ? 0UL : 8UL));
+            Assert.Equal(TestGuest.CodeAddr, frameRip & ~0xFFUL);
+        }
+        Expect(13, 0x98, a => { a.mov(ax, 0x98); a.mov(ds, ax); });                  // selector beyond the GDT limit
+        Expect(13, 0, a => { a.mov(rax, 0x8000_0000_0000_0000UL); a.mov(rax, __qword_ptr[rax]); }); // non-canonical
+        Expect(13, 0, a => { a.mov(ecx, 0x12345678); a.rdmsr(); });                 // unknown MSR
+        Expect(6, null, a => a.ud2());
+        Expect(0, null, a => { a.xor(ecx, ecx); a.div(ecx); });
+        Expect(3, null, a => a.int3());
+    }
+
+    [Fact]
+    public void FaultWhileDeliveringBecomesDoubleFaultThenTripleFault()
+    {
+        using var g = new TestGuest();
+        SetGate(g, 14, 0xA000, present: false);
+        g.Load(TestGuest.CodeAddr, a => { a.mov(rcx, 0x5000_0000UL); a.mov(rax, __qword_ptr[rcx]); a.hlt(); });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(8, g.Vector);
+        Assert.Equal(0UL, g.R64(g.Cpu.GetRegisters().Rsp)); // #DF error code is 0
+        // Now with an unusable IDT: triple fault -> Shutdown.
+        g.EnterLongMode();
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Idt.Limit = 0;
+        g.Cpu.SetSpecialRegisters(s);
+        g.Load(TestGuest.CodeAddr, a => a.ud2());
+        Assert.Equal(VcpuExitReason.Shutdown, g.Run().Reason);
+    }
+
+    [Fact]
+    public void UserModeThroughIretqThenSyscallSysretAndPrivilegeFault()
+    {
+        using var g = new TestGuest();
+        const ulong UserCode = 0x200000, UserStack = 0x240000, SyscallEntry = 0xB000;
+        g.Cpu.SetMsr(0xC0000081, ((ulong)0x20 << 48) | ((ulong)TestGuest.KCode << 32)); // STAR
+        g.Cpu.SetMsr(0xC0000082, SyscallEntry);                                        // LSTAR
+        g.Cpu.SetMsr(0xC0000084, 0x200);                                               // SFMASK: IF
+        g.Cpu.SetMsr(0xC0000102, 0x300000);                                            // KERNEL_GS_BASE
+        g.W64(0x300000, 0x77);
+        // Kernel: build an IRET frame to user mode.
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.push((int)(TestGuest.UData | 3));
+            a.push((int)UserStack);
+            a.push(0x202);
+            a.push((int)(TestGuest.UCode | 3));
+            a.push((int)UserCode);
+            a.iretq();
+        });
+        // Syscall entry: swapgs, read gs:[0], return rax+1 to user.
+        g.Load(SyscallEntry, a =>
+        {
+            a.swapgs();
+            a.db(0x65, 0x4C, 0x8B, 0x24, 0x25, 0, 0, 0, 0); // mov r12, gs:[0]
+            a.swapgs();
+            a.mov(r13, r11);
+            a.inc(rax);
+            a.sysretq();
+        });
+        g.Load(UserCode, a =>
+        {
+            a.mov(rax, 41);
+            a.syscall();
+            a.mov(rbx, rax);
+            a.mov(r14, 0x1234);
+            a.hlt(); // #GP at CPL3
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(13, g.Vector);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(42UL, r.Rbx);
+        Assert.Equal(0x77UL, r.R12);
+        Assert.Equal(0x202UL, r.R13 & 0x202);
+        Assert.Equal(0x1234UL, r.R14);
+        // The #GP frame is on the TSS RSP0 stack and shows the user CS/SS.
+        Assert.Equal(TestGuest.Rsp0 - 48, r.Rsp);
+        Assert.Equal((ulong)(TestGuest.UCode | 3), g.R64(r.Rsp + 16));
+        Assert.Equal(UserStack, g.R64(r.Rsp + 32));
+        Assert.Equal((ulong)(TestGuest.UData | 3), g.R64(r.Rsp + 40));
+        Assert.Equal(0UL, g.Cpu.GetSpecialRegisters().Cs.Selector & 3UL);
+    }
+
+    [Fact]
+    public void UserModeCannotTouchSupervisorPages()
+    {
+        using var g = new TestGuest();
+        const ulong UserCode = 0x200000;
+        // Make the 2 MiB page at 0x400000 supervisor-only.
+        g.W64(TestGuest.Pd + 2 * 8, 0x400000 | 0x83);
+        g.Load(0xA000, a => { a.mov(rax, cr2); a.mov(rbx, __qword_ptr[rsp]); a.hlt(); });
+        SetGate(g, 14, 0xA000);
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.push((int)(TestGuest.UData | 3)); a.push(0x240000); a.push(0x2);
+            a.push((int)(TestGuest.UCode | 3)); a.push((int)UserCode); a.iretq();
+        });
+        g.Load(UserCode, a => { a.mov(rcx, 0x400010); a.mov(__dword_ptr[rcx], ecx); a.hlt(); });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0x400010UL, r.Rax);
+        Assert.Equal(7UL, r.Rbx); // present | write | user
+    }
+
+    [Fact]
+    public void PortAndMmioAccessesGoToTheIoHandler()
+    {
+        using var g = new TestGuest();
+        g.W64(TestGuest.Pdpt + 3 * 8, 0xC0000000UL | 0x83); // 1 GiB page over the MMIO hole
+        g.Io.MmioValues[0xC000_1000] = 0xAABBCCDD;
+        g.W32(0x5000_0, 0x64636261);
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(al, 0x5A); a.@out(0x80, al);
+            a.mov(dx, 0x3F8); a.mov(ax, 0x1234); a.@out(dx, ax);
+            a.@in(eax, 0x60); a.mov(r8, rax);
+            a.mov(rcx, 0xC000_1000UL);
+            a.mov(r9d, __dword_ptr[rcx]);
+            a.mov(__dword_ptr[rcx + 8], r9d);
+            a.mov(rsi, 0x50000); a.mov(ecx, 4); a.mov(dx, 0xE9); a.rep.outsb();
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0x12345678UL, r.R8);
+        Assert.Equal(0xAABBCCDDUL, r.R9);
+        Assert.Contains((0xC000_1008UL, 0xAABBCCDDUL, 4), g.Io.MmioWrites);
+        Assert.Contains(((ushort)0x80, 0x5Au, 1), g.Io.PioWrites);
+        Assert.Contains(((ushort)0x3F8, 0x1234u, 2), g.Io.PioWrites);
+        Assert.Equal("abcd", new string(g.Io.PioWrites.Where(w => w.Port == 0xE9).Select(w => (char)w.Value).ToArray()));
+    }
+
+    [Fact]
+    public void HaltExitsWithoutInterruptSourceAndWaitsForInterruptsWithOne()
+    {
+        using var g = new TestGuest();
+        g.Load(TestGuest.CodeAddr, a => { a.hlt(); a.mov(eax, 1); a.hlt(); });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(TestGuest.CodeAddr + 1, g.Cpu.GetRegisters().Rip);
+
+        // With an interrupt source: HLT sleeps until vector 0x40 arrives.
+        var src = new FakeInterruptSource();
+        g.Cpu.AttachInterruptSource(src);
+        g.EnterLongMode();
+        g.Load(0xC000, a => { a.mov(r10, 0x40); a.iretq(); });
+        SetGate(g, 0x40, 0xC000);
+        g.Load(TestGuest.CodeAddr, a => { a.sti(); a.hlt(); a.mov(r11, 7); a.cli(); a.hlt(); a.jmp(TestGuest.CodeAddr + 100); });
+        var t = new Thread(() => { Thread.Sleep(100); src.Raise(0x40); Thread.Sleep(300); g.Cpu.RequestExit(); });
+        t.Start();
+        var exit = g.Run();
+        t.Join();
+        Assert.Equal(VcpuExitReason.Interrupted, exit.Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0x40UL, r.R10);
+        Assert.Equal(7UL, r.R11);
+        Assert.Equal(1, src.Acknowledged);
+    }
+
+    [Fact]
+    public void ExternalInterruptIsDeliveredWhileSpinning()
+    {
+        using var g = new TestGuest();
+        var src = new FakeInterruptSource();
+        g.Cpu.AttachInterruptSource(src);
+        g.Load(0xC000, a => { a.mov(r10, 0x41); a.add(rsp, 40); a.hlt(); });
+        SetGate(g, 0x41, 0xC000);
+        g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.sti(); a.Label(ref l); a.inc(rax); a.jmp(l); });
+        var t = new Thread(() => { Thread.Sleep(50); src.Raise(0x41); Thread.Sleep(200); g.Cpu.RequestExit(); });
+        t.Start();
+        var exit = g.Run();
+        t.Join();
+        Assert.Equal(0x41UL, g.Cpu.GetRegisters().R10);
+        Assert.True(exit.Reason is VcpuExitReason.Interrupted or VcpuExitReason.Halt);
+    }
+
+    [Fact]
+    public void RequestExitStopsASpinningGuestPromptly()
+    {
+        using var g = new TestGuest();
+        g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.Label(ref l); a.inc(rax); a.jmp(l); });
+        for (int round = 0; round < 2; round++)
+        {
+            var sw = Stopwatch.StartNew();
+            var t = new Thread(() => { Thread.Sleep(100); g.Cpu.RequestExit(); });
+            t.Start();
+            var exit = g.Run();
+            t.Join();
+            Assert.Equal(VcpuExitReason.Interrupted, exit.Reason);
+            Assert.True(sw.ElapsedMilliseconds < 2000, $"took {sw.ElapsedMilliseconds} ms");
+        }
+        Assert.True(g.Cpu.GetRegisters().Rax > 1000);
+        // A long REP string operation is interruptible too.
+        g.EnterLongMode();
+        g.Load(TestGuest.CodeAddr, a => { a.mov(rdi, 0x1000000); a.mov(rcx, 1L << 40); a.xor(eax, eax); a.rep.stosb(); a.hlt(); });
+        var t2 = new Thread(() => { Thread.Sleep(100); g.Cpu.RequestExit(); });
+        t2.Start();
+        // RDI walks past RAM and faults long before 2^40 bytes: either way Run must return.
+        var e2 = g.Run();
+        t2.Join();
+        Assert.True(e2.Reason is VcpuExitReason.Interrupted or VcpuExitReason.Halt);
+    }
+
+    [Fact]
+    public void SelfModifyingCodeIsSeen()
+    {
+        using var g = new TestGuest();
+        // Patch an instruction later in the same block, and re-run a block after patching it.
+        const ulong Loop = TestGuest.CodeAddr + 0x100, Imm = Loop + 9;
+        g.Load(TestGuest.CodeAddr, a => { a.xor(ebx, ebx); a.mov(r8d, 2); a.jmp(Loop); });
+        int len = g.Load(Loop, a =>
+        {
+            a.mov(__byte_ptr[(long)Imm], 0x22); // 8 bytes: patch the immediate of the next instruction (same block)
+            a.mov(eax, 0x11);                  // at Loop + 8, immediate at Loop + 9
+            a.add(ebx, eax);
+            a.mov(__byte_ptr[(long)Imm], 0x33); // patch again: the block is stale for the next iteration
+            a.dec(r8d);
+            a.jnz(Loop);
+            a.hlt();
+        });
+        Assert.Equal(0xB8, g.R8(Loop + 8));
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(0x44UL, g.Cpu.GetRegisters().Rbx); // 0x22 twice: every execution saw the patch
+        // Writes by the VMM (DMA) between runs are seen too.
+        g.EnterLongMode();
+        g.Load(TestGuest.CodeAddr, a => { a.mov(eax, 1); a.hlt(); });
+        g.Run();
+        g.EnterLongMode();
+        g.Load(TestGuest.CodeAddr, a => { a.mov(eax, 2); a.hlt(); });
+        g.Run();
+        Assert.Equal(2UL, g.Cpu.GetRegisters().Rax);
+    }
+
+    [Fact]
+    public void CpuidAdvertisesHypervisorAndTscFrequency()
+    {
+        using var g = new TestGuest();
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(eax, 0x40000000); a.cpuid(); a.mov(r8d, ebx); a.mov(r9d, ecx); a.mov(r10d, edx);
+            a.mov(eax, 0x40000010); a.cpuid(); a.mov(r11d, eax);
+            a.mov(eax, 1); a.cpuid(); a.mov(r12d, edx); a.mov(r13d, ecx);
+            a.rdtsc(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r14, rax);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        string sig = string.Concat(new[] { r.R8, r.R9, r.R10 }.Select(v => System.Text.Encoding.ASCII.GetString(BitConverter.GetBytes((uint)v))));
+        Assert.Equal("SharpVMSharp", sig);
+        Assert.Equal((ulong)(EmulatorCpuid.TscHz / 1000), r.R11);
+        Assert.NotEqual(0UL, r.R12 & (1 << 26)); // SSE2
+        Assert.NotEqual(0UL, r.R13 & (1UL << 31)); // hypervisor
+        Assert.NotEqual(0UL, r.R14);
+    }
+
+    [Fact]
+    public void FxsaveFxrstorRoundTripAndDirtyLog()
+    {
+        using var g = new TestGuest();
+        g.Vm.EnableDirtyLogging();
+        g.Vm.TakeDirtyLog();
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(rax, 0x0123456789ABCDEFUL); a.movq(xmm3, rax);
+            a.mov(rcx, 0x800000UL);
+            a.fxsave(__[rcx]);
+            a.pxor(xmm3, xmm3);
+            a.fxrstor(__[rcx]);
+            a.movq(rbx, xmm3);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(0x0123456789ABCDEFUL, g.Cpu.GetRegisters().Rbx);
+        Assert.Equal(0x1F80u, g.R32(0x800000 + 24));
+        var log = g.Vm.TakeDirtyLog();
+        Assert.True(log[0].IsDirty(0x800));
+    }
+
+    [Fact]
+    public void InterruptLinesRecordUntilConnected()
+    {
+        using var g = new TestGuest();
+        var line = g.Vm.GetInterruptLine(4);
+        line.SetLevel(true);
+        var seen = new List<(int, bool)>();
+        g.Vm.ConnectInterruptLines(gsi => new RecordingLine(gsi, seen));
+        line.SetLevel(false);
+        Assert.Equal([(4, true), (4, false)], seen);
+    }
+
+    private sealed class RecordingLine(int gsi, List<(int, bool)> log) : SharpVM.Devices.IInterruptLine
+    {
+        public void SetLevel(bool asserted) => log.Add((gsi, asserted));
+    }
+
+    [Fact]
+    public void UnimplementedInstructionIsAnInternalErrorWithDetail()
+    {
+        using var g = new TestGuest();
+        g.Load(TestGuest.CodeAddr, a => { a.nop(); a.fld(__qword_ptr[rsp]); });
+        var exit = g.Run();
+        Assert.Equal(VcpuExitReason.InternalError, exit.Reason);
+        Assert.Contains("RIP 0x100001", exit.Detail);
+        Assert.Contains("dd 04 24", exit.Detail);
+    }
+}
