@@ -103,7 +103,7 @@ public class CmosTests
         Assert.Equal(0xFFFF, Reg(0x17) | Reg(0x18) << 8);
         Assert.Equal(0xFFFF, Reg(0x30) | Reg(0x31) << 8);
         Assert.Equal((3072 - 16) * 16, Reg(0x34) | Reg(0x35) << 8); // 64 KiB units from 16 MiB to 3 GiB
-        Assert.Equal((2 << 30) / 65536, Reg(0x5B) | Reg(0x5C) << 8 | Reg(0x5D) << 16);
+        Assert.Equal((int)((2L << 30) / 65536), Reg(0x5B) | Reg(0x5C) << 8 | Reg(0x5D) << 16);
         var small = new Cmos(128UL << 20, 128UL << 20);
         var s = small.SaveState().Nvram;
         Assert.Equal((128 - 16) * 16, s[0x34] | s[0x35] << 8); // 64 KiB units above 16 MiB
