@@ -22,10 +22,11 @@ public static class Lz4Legacy
     /// uncompressed size to the payload), sizes the output exactly and is checked.
     /// A trailing 4-byte size field after the last block is tolerated.
     /// </summary>
-    public static byte[] DecodeFrame(ReadOnlySpan<byte> data, int expectedSize = -1)
+    public static byte[] DecodeFrame(ReadOnlySpan<byte> data, int expectedSize = -1, int maxSize = int.MaxValue)
     {
         if (!IsLegacyFrame(data)) throw new InvalidDataException("not an LZ4 legacy frame (bad magic)");
-        var output = new byte[expectedSize >= 0 ? expectedSize : Math.Max(MaxBlockSize, data.Length * 4)];
+        if (expectedSize > maxSize) throw new InvalidDataException($"LZ4 stream claims {expectedSize} bytes, more than the {maxSize} allowed");
+        var output = new byte[expectedSize >= 0 ? expectedSize : (int)Math.Min(Math.Max(MaxBlockSize, data.Length * 4L), maxSize)];
         int outPos = 0;
         int pos = 4;
         while (data.Length - pos >= 4)
@@ -36,8 +37,8 @@ public static class Lz4Legacy
             pos += 4;
             if (blockSize == 0 || blockSize > (uint)(data.Length - pos))
                 throw new InvalidDataException($"LZ4 block at offset {pos - 4} claims {blockSize} bytes, {data.Length - pos} remain");
-            if (expectedSize < 0 && output.Length - outPos < MaxBlockSize)
-                Array.Resize(ref output, checked(output.Length * 2));
+            if (expectedSize < 0 && output.Length - outPos < MaxBlockSize && output.Length < maxSize)
+                Array.Resize(ref output, (int)Math.Min(output.Length * 2L, maxSize));
             int room = Math.Min(output.Length - outPos, MaxBlockSize);
             int written = DecodeBlock(data.Slice(pos, (int)blockSize), output.AsSpan(outPos, room));
             outPos += written;

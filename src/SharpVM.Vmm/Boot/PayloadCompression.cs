@@ -20,6 +20,9 @@ public enum PayloadCompression
 /// <summary>Detects the payload compression by magic and decompresses the kinds SharpVM supports.</summary>
 public static class PayloadDecompressor
 {
+    /// <summary>No Linux kernel is this large uncompressed; a payload that claims or expands to more is refused.</summary>
+    public const int MaxKernelSize = 1 << 30;
+
     public static PayloadCompression Detect(ReadOnlySpan<byte> p)
     {
         if (p.Length < 6) return PayloadCompression.Unknown;
@@ -43,9 +46,10 @@ public static class PayloadDecompressor
     /// </summary>
     public static byte[] Decompress(ReadOnlySpan<byte> payload, PayloadCompression compression, string what)
     {
-        int expected = payload.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload[^4..]), int.MaxValue) : -1;
-        // A sanity cap: Linux kernels are well below 1 GiB uncompressed.
-        if (expected > 1 << 30) expected = -1;
+        long expected = payload.Length >= 4 ? BinaryPrimitives.ReadUInt32LittleEndian(payload[^4..]) : -1;
+        // The appended size is only a hint (the file may be hostile): never let it size an allocation
+        // beyond what the data could possibly expand to (LZ4 and deflate both stay under 1:1100).
+        if (expected > MaxKernelSize || expected > payload.Length * 1100L) expected = -1;
         try
         {
             switch (compression)
@@ -53,13 +57,23 @@ public static class PayloadDecompressor
                 case PayloadCompression.None:
                     return payload.ToArray();
                 case PayloadCompression.Lz4Legacy:
-                    return Lz4Legacy.DecodeFrame(payload, expected);
+                    {
+                        var result = Lz4Legacy.DecodeFrame(payload, (int)expected, MaxKernelSize);
+                        return result;
+                    }
                 case PayloadCompression.Gzip:
                     {
                         using var input = new MemoryStream(payload.ToArray(), writable: false);
                         using var gz = new GZipStream(input, CompressionMode.Decompress);
-                        using var output = new MemoryStream(expected > 0 ? expected : payload.Length * 4);
-                        gz.CopyTo(output);
+                        using var output = new MemoryStream(expected > 0 ? (int)expected : payload.Length * 4);
+                        var buffer = new byte[1 << 16];
+                        int n;
+                        while ((n = gz.Read(buffer)) > 0)
+                        {
+                            if (output.Length + n > MaxKernelSize)
+                                throw new InvalidDataException($"gzip payload expands past {MaxKernelSize >> 20} MiB");
+                            output.Write(buffer, 0, n);
+                        }
                         var result = output.ToArray();
                         if (expected > 0 && result.Length != expected)
                             throw new InvalidDataException($"gzip payload decompressed to {result.Length} bytes, the kernel says {expected}");
