@@ -60,3 +60,30 @@ public class MiscPortsTests
         Assert.NotNull(bus.Find(0xCFF));
     }
 }
+
+public class LegacyPlatformTests
+{
+    [Fact]
+    public void Create_claims_every_standard_port_and_state_round_trips()
+    {
+        var bus = new PioBus();
+        var lines = new Dictionary<int, RecordingLine>();
+        var events = new List<PlatformEvent>();
+        var output = new List<byte>();
+        var p = LegacyPlatform.Create(bus, n => lines.TryGetValue(n, out var l) ? l : lines[n] = new RecordingLine(),
+            events.Add, d => output.AddRange(d.ToArray()), 512UL << 20, 512UL << 20);
+        Assert.Equal([1, 4, 9, 12], lines.Keys.Order());
+        foreach (ulong port in new ulong[] { 0x3F8, 0x60, 0x64, 0x70, 0x71, 0x80, 0x87, 0x92, 0xED, 0x600, 0x608, 0xCF8, 0xCFC })
+            Assert.NotNull(bus.Find(port));
+        bus.Write(0x3F8, "A"u8);
+        Assert.Equal("A"u8.ToArray(), output.ToArray());
+        bus.Write(0xCF9, [0x06]);
+        bus.Write(0x604, [0x01, 0x34]); // SLP_TYP 5 | SLP_EN
+        Assert.Equal([PlatformEvent.Reset, PlatformEvent.PowerOff], events);
+        var state = p.SaveState();
+        var q = LegacyPlatform.Create(new PioBus(), _ => new RecordingLine(), _ => { }, _ => { }, 512UL << 20, 512UL << 20);
+        q.RestoreState(state);
+        Assert.Equal(state.AcpiPm, q.SaveState().AcpiPm);
+        Assert.Equal(state.Cmos.Nvram, q.SaveState().Cmos.Nvram);
+    }
+}

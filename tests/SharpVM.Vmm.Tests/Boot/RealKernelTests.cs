@@ -90,3 +90,28 @@ public sealed class RealKernelTests(ITestOutputHelper output)
         Assert.Equal(0x100_0000ul + k.Header!.InitSize, setup.KernelEnd.Value);
     }
 }
+
+public sealed class LinuxGuestTests
+{
+    [Fact]
+    public void Prepare_writes_acpi_tables_and_points_boot_params_at_the_rsdp()
+    {
+        string dir = Directory.CreateTempSubdirectory("sharpvm-boot-").FullName;
+        try
+        {
+            string kernel = Path.Combine(dir, "vmlinuz"), initrd = Path.Combine(dir, "initrd");
+            File.WriteAllBytes(kernel, TestKernels.BzImage(TestKernels.Lz4LegacyPayload(TestKernels.Elf(TestKernels.Code(0x4000)))));
+            File.WriteAllBytes(initrd, new byte[10_000]);
+            using var memory = GuestMemory.Create(128UL << 20);
+            var setup = LinuxGuest.Prepare(memory, 2, kernel, initrd, "console=ttyS0");
+            Assert.Equal(0xE0000ul, memory.Read<ulong>(setup.ZeroPage + BootParams.AcpiRsdpAddrOffset));
+            Assert.True(memory.GetSpan(new GuestAddress(0xE0000), 8).SequenceEqual("RSD PTR "u8));
+            Assert.Equal(10_000ul, setup.InitrdSize);
+            Assert.Throws<BootLayoutException>(() => LinuxGuest.Prepare(memory, 2, kernel, Path.Combine(dir, "missing"), ""));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
