@@ -1,4 +1,7 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace SharpVM.Vmm.Boot;
 
@@ -53,32 +56,52 @@ public static class Lz4Legacy
     /// <summary>
     /// Decodes one LZ4 block into <paramref name="dest"/> and returns the number of bytes written.
     /// Throws <see cref="InvalidDataException"/> on any malformed input or if the output does not fit.
+    /// Bytes of <paramref name="dest"/> after the returned count may be overwritten (the fast paths
+    /// copy in 8- and 16-byte chunks when there is room).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int DecodeBlock(ReadOnlySpan<byte> src, Span<byte> dest)
     {
+        ref byte s = ref MemoryMarshal.GetReference(src);
+        ref byte d = ref MemoryMarshal.GetReference(dest);
+        int srcLength = src.Length, destLength = dest.Length;
         int ip = 0, op = 0;
         while (true)
         {
-            if (ip >= src.Length) throw new InvalidDataException("LZ4 block truncated (token)");
+            if (ip >= srcLength) throw new InvalidDataException("LZ4 block truncated (token)");
             int token = src[ip++];
             int literalLength = token >> 4;
             if (literalLength == 15) literalLength += ReadLength(src, ref ip);
-            if (literalLength > src.Length - ip) throw new InvalidDataException("LZ4 literals run past the block");
-            if (literalLength > dest.Length - op) throw new InvalidDataException("LZ4 output larger than its buffer");
-            src.Slice(ip, literalLength).CopyTo(dest[op..]);
+            if (literalLength > srcLength - ip) throw new InvalidDataException("LZ4 literals run past the block");
+            if (literalLength > destLength - op) throw new InvalidDataException("LZ4 output larger than its buffer");
+            if (literalLength <= 16 && srcLength - ip >= 16 && destLength - op >= 16)
+            {
+                // SAFETY: ip + 16 <= src.Length and op + 16 <= dest.Length, checked just above.
+                Unsafe.WriteUnaligned(ref Unsafe.Add(ref d, op), Unsafe.ReadUnaligned<Vector128<byte>>(ref Unsafe.Add(ref s, ip)));
+            }
+            else src.Slice(ip, literalLength).CopyTo(dest[op..]);
             ip += literalLength;
             op += literalLength;
-            if (ip == src.Length) return op; // the last sequence has literals only
-            if (src.Length - ip < 2) throw new InvalidDataException("LZ4 block truncated (offset)");
+            if (ip == srcLength) return op; // the last sequence has literals only
+            if (srcLength - ip < 2) throw new InvalidDataException("LZ4 block truncated (offset)");
             int offset = src[ip] | (src[ip + 1] << 8);
             ip += 2;
             if (offset == 0 || offset > op) throw new InvalidDataException($"LZ4 match offset {offset} points before the output");
             int matchLength = token & 15;
             if (matchLength == 15) matchLength += ReadLength(src, ref ip);
             matchLength += 4;
-            if (matchLength > dest.Length - op) throw new InvalidDataException("LZ4 output larger than its buffer");
+            if (matchLength > destLength - op) throw new InvalidDataException("LZ4 output larger than its buffer");
             int from = op - offset;
-            if (offset >= matchLength)
+            if (offset >= 8 && destLength - op >= matchLength + 8)
+            {
+                // SAFETY: every 8-byte store ends before op + matchLength + 8 <= dest.Length (checked above);
+                // every load starts at from + i >= 0 and ends 8 bytes later, before op + i since offset >= 8,
+                // so it reads bytes already written and never past dest.
+                for (int i = 0; i < matchLength; i += 8)
+                    Unsafe.WriteUnaligned(ref Unsafe.Add(ref d, op + i), Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref d, from + i)));
+                op += matchLength;
+            }
+            else if (offset >= matchLength)
             {
                 dest.Slice(from, matchLength).CopyTo(dest[op..]);
                 op += matchLength;
@@ -90,7 +113,7 @@ public static class Lz4Legacy
             }
             else
             {
-                // Overlapping match: copy in chunks of 'offset' bytes, each of which is already written.
+                // Overlapping match: copy in chunks of 'op - from' bytes (a multiple of offset), each already written.
                 int remaining = matchLength;
                 while (remaining > 0)
                 {

@@ -64,6 +64,36 @@ public sealed class RealKernelTests(ITestOutputHelper output)
         output.WriteLine($"PVH entry 0x{elf.PvhEntry:x}, {elf.Segments.Count} PT_LOAD segments, end 0x{elf.EndAddress:x}");
     }
 
+    /// <summary>Our LZ4 decoder agrees byte for byte with the reference one (the lz4 command, Debian package lz4).</summary>
+    [Fact]
+    public void Lz4_decoder_matches_the_reference_lz4_tool()
+    {
+        var k = LoadRealKernel();
+        string? lz4 = new[] { "/usr/bin/lz4", "/usr/local/bin/lz4" }.FirstOrDefault(File.Exists);
+        Assert.True(lz4 is not null, "the lz4 command is missing (apt-get install lz4): it is the reference this test compares against");
+        string dir = Directory.CreateTempSubdirectory("sharpvm-lz4-").FullName;
+        try
+        {
+            // lz4 -d stops at the size Linux appends (it is not a frame magic) with a warning; strip it first.
+            File.WriteAllBytes(Path.Combine(dir, "payload.lz4"), k.Payload[..^4].ToArray());
+            var psi = new System.Diagnostics.ProcessStartInfo(lz4!, "-d -f -q payload.lz4 vmlinux.bin") { WorkingDirectory = dir, RedirectStandardError = true };
+            using (var p = System.Diagnostics.Process.Start(psi)!)
+            {
+                string err = p.StandardError.ReadToEnd();
+                p.WaitForExit();
+                Assert.True(p.ExitCode == 0, $"lz4 -d failed: {err}");
+            }
+            var reference = File.ReadAllBytes(Path.Combine(dir, "vmlinux.bin"));
+            var ours = k.Decompress().Image;
+            Assert.Equal(reference.Length, ours.Length);
+            Assert.True(ours.Span.SequenceEqual(reference), "decoded bytes differ from lz4 -d");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void Debian_kernel_and_initramfs_load_into_a_512MiB_guest()
     {
