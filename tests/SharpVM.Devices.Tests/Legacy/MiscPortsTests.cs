@@ -43,6 +43,18 @@ public class MiscPortsTests
     }
 
     [Fact]
+    public void Port_92_state_round_trips_without_the_reset_bit()
+    {
+        var port = new SystemControlPortA(_ => { });
+        port.Write(0, [0x03]);
+        var s = port.SaveState();
+        Assert.Equal(SystemControlPortA.A20, s.Value);
+        var other = new SystemControlPortA(_ => throw new InvalidOperationException("restoring must not reset"));
+        other.RestoreState(s);
+        Assert.Equal(s, other.SaveState());
+    }
+
+    [Fact]
     public void All_legacy_devices_coexist_on_one_bus_at_their_standard_ports()
     {
         var bus = new PioBus();
