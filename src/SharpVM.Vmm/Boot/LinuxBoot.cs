@@ -115,6 +115,14 @@ public sealed record LinuxBootSetup
 /// </summary>
 public static class LinuxBoot
 {
+    /// <summary>
+    /// A command line that suits SharpVM's platform: console on COM1, reboot at once on panic (the VMM
+    /// sees <c>PlatformEvent.Reset</c>), and no i8042 AUX/MUX/PnP probing (there is no mouse; the
+    /// AUX IRQ test would otherwise wait 250 ms). Append " -- command" for the default guest's /init
+    /// to run a command and power off.
+    /// </summary>
+    public const string DefaultCommandLine = "console=ttyS0 panic=-1 i8042.noaux i8042.nomux i8042.nopnp";
+
     /// <summary>x86's COMMAND_LINE_SIZE: the limit for kernels whose header does not say.</summary>
     public const uint DefaultCommandLineSize = 2048;
 
