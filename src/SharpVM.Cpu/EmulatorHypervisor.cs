@@ -28,6 +28,8 @@ public sealed class EmulatorHypervisor : IHypervisor
         return vm;
     }
 
+    public IReadOnlyList<CpuidEntry> GetSupportedCpuid() => SupportedCpuid.Table();
+
     public void Dispose() { }
 }
 
