@@ -17,7 +17,7 @@ public static class VmBuilder
         return choice.Chosen switch
         {
             Accelerator.Kvm => KvmHypervisor.Open(),
-            _ => throw new NotSupportedException("the emulated CPU backend (--accel emu) is not available in this build yet"),
+            _ => new SharpVM.Cpu.EmulatorHypervisor(),
         };
     }
 
