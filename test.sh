@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
+# The default Linux guest (Debian's kernel + a busybox initramfs), cached under ~/.cache/sharpvm:
+# tests that load or boot the real kernel need it.
+./guest/build-default-guest.sh >/dev/null
 results="$(mktemp -d)"
 set +e
 dotnet test SharpVM.slnx -c Release --logger "trx" --results-directory "$results" --logger "console;verbosity=normal"

@@ -9,8 +9,9 @@ namespace SharpVM.Integration.Tests;
 /// <summary>KVM's dirty log reports exactly the pages the guest wrote.</summary>
 public class DirtyLogTests
 {
-    [Fact]
-    public void PagesTheGuestWritesAreDirtyAndOthersAreNot()
+    [Theory]
+    [MemberData(nameof(Backends.Both), MemberType = typeof(Backends))]
+    public void PagesTheGuestWritesAreDirtyAndOthersAreNot(string backend)
     {
         ulong[] written = [0x10_0000, 0x30_5000, 0x1F0_0000];
         var a = new Assembler(64);
@@ -18,8 +19,8 @@ public class DirtyLogTests
         a.mov(eax, __dword_ptr[0x20_0000]); // a read does not dirty a page
         a.hlt();
 
-        using var kvm = Kvm.Open();
-        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        using var hypervisor = Backends.Open(backend);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
         vm.Machine.EnableDirtyLogging();
         vm.Start();
         var report = vm.WaitForStop(TimeSpan.FromSeconds(30));

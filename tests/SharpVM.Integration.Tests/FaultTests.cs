@@ -9,8 +9,9 @@ namespace SharpVM.Integration.Tests;
 /// <summary>A guest that triple-faults ends the VM with a clear report: reason, registers, instruction.</summary>
 public class FaultTests
 {
-    [Fact]
-    public void TripleFaultIsReportedWithRegistersAndTheInstruction()
+    [Theory]
+    [MemberData(nameof(Backends.Both), MemberType = typeof(Backends))]
+    public void TripleFaultIsReportedWithRegistersAndTheInstruction(string backend)
     {
         const ulong idtr = 0x4000;
         var a = new Assembler(64);
@@ -18,8 +19,8 @@ public class FaultTests
         a.mov(rax, 0x1122_3344_5566_7788);
         a.ud2();
 
-        using var kvm = Kvm.Open();
-        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        using var hypervisor = Backends.Open(backend);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
         vm.Memory.Write(new GuestAddress(idtr), (ushort)0);
         vm.Memory.Write(new GuestAddress(idtr + 2), 0UL);
         vm.Start();

@@ -11,8 +11,9 @@ public class MmioTests
 {
     private const ulong DeviceBase = 0xD000_0000, Unclaimed = 0xE000_0000, Results = 0x20000;
 
-    [Fact]
-    public void ReadsAndWritesOfEveryWidthReachTheDevice()
+    [Theory]
+    [MemberData(nameof(Backends.Both), MemberType = typeof(Backends))]
+    public void ReadsAndWritesOfEveryWidthReachTheDevice(string backend)
     {
         var a = new Assembler(64);
         a.mov(rbx, DeviceBase);
@@ -34,8 +35,8 @@ public class MmioTests
         a.mov(__qword_ptr[Results + 32], rax);
         a.hlt();
 
-        using var kvm = Kvm.Open();
-        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        using var hypervisor = Backends.Open(backend);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
         var device = new RecordingDevice();
         var range = vm.Mmio.Register(DeviceBase, 0x1000, device, "mmio-recorder");
         vm.Start();

@@ -13,9 +13,11 @@ public class MultiVcpuTests
     private const ushort IdPort = 0x10;
 
     [Theory]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void AllVcpusRunConcurrently(int cpus)
+    [InlineData("kvm", 2)]
+    [InlineData("kvm", 4)]
+    [InlineData("emu", 2)]
+    [InlineData("emu", 4)]
+    public void AllVcpusRunConcurrently(string backend, int cpus)
     {
         // Each vCPU (RDI = its id) checks in, waits for all the others (so they must run at the same
         // time), reports its id, checks out; vCPU 0 ends the VM once everyone has checked out.
@@ -41,9 +43,9 @@ public class MultiVcpuTests
         a.pause();
         a.jmp(spin);
 
-        using var kvm = Kvm.Open();
+        using var hypervisor = Backends.Open(backend);
         var config = new VmConfig { MemoryBytes = 64UL << 20, Cpus = cpus, InterruptController = false, Pit = false };
-        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long, config);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long, config);
         var ids = new RecordingDevice();
         vm.Pio.Register(IdPort, 1, ids, "vcpu-ids");
         DebugExitDevice.Attach(vm);

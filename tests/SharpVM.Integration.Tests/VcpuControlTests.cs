@@ -13,9 +13,11 @@ public class VcpuControlTests
     private const ulong Counter = 0x30000;
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void SpinningGuestIsPausedResumedAndStoppedPromptly(bool userMode)
+    [InlineData("kvm", false)]
+    [InlineData("kvm", true)]
+    [InlineData("emu", false)]
+    [InlineData("emu", true)]
+    public void SpinningGuestIsPausedResumedAndStoppedPromptly(string backend, bool userMode)
     {
         // The guest counts forever. At CPL3 it runs on the real CPU and never exits: only the
         // signal kick can get the vCPU thread back.
@@ -26,8 +28,8 @@ public class VcpuControlTests
         a.inc(__qword_ptr[Counter]);
         a.jmp(loop);
 
-        using var kvm = Kvm.Open();
-        using var vm = TestGuest.Create(kvm, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        using var hypervisor = Backends.Open(backend);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
         var counter = new GuestAddress(Counter);
         vm.Start();
         Assert.True(SpinWait.SpinUntil(() => vm.Memory.Read<ulong>(counter) > 0, TimeSpan.FromSeconds(20)), "the guest never started counting");
