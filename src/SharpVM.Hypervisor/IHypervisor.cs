@@ -26,4 +26,5 @@ public interface IHypervisor : IDisposable
 /// <summary>What the backend should provide besides the CPUs.</summary>
 /// <param name="InterruptController">Local APICs, IOAPIC and 8259 PICs (KVM_CREATE_IRQCHIP on KVM).</param>
 /// <param name="Pit">The 8254 timer (KVM_CREATE_PIT2 on KVM).</param>
-public sealed record VmPlatformOptions(bool InterruptController = true, bool Pit = true);
+/// <param name="VcpuCount">How many vCPUs will be created (the emulator sizes its local APICs by it).</param>
+public sealed record VmPlatformOptions(bool InterruptController = true, bool Pit = true, int VcpuCount = 1);

@@ -36,7 +36,7 @@ public static class VmBuilder
             memory = GuestMemory.Create(config.MemoryBytes, new GuestMemoryOptions(config.HugePages, config.MergeablePages));
             var pio = new PioBus();
             var mmio = new MmioBus();
-            machine = hypervisor.CreateVm(memory, pio, mmio, new VmPlatformOptions(config.InterruptController, config.Pit));
+            machine = hypervisor.CreateVm(memory, pio, mmio, new VmPlatformOptions(config.InterruptController, config.Pit, config.Cpus));
             var vm = new VirtualMachine(config, hypervisor, owns, memory, pio, mmio, machine);
             var supported = hypervisor.GetSupportedCpuid();
             for (int i = 0; i < config.Cpus; i++)
