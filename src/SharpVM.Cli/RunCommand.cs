@@ -38,6 +38,21 @@ public static class RunCommand
             """);
         foreach (var o in new Option[] { kernel, initrd, cmdline, memory, cpus, accel, serial, stats, reboot, guestDecompress, timeout }) command.Options.Add(o);
         command.Arguments.Add(guestCommand);
+        command.Validators.Add(result =>
+        {
+            // A guest command must come after "--": otherwise a mistyped option would silently become one.
+            // System.CommandLine drops the "--" token itself, so look for it in the process's arguments.
+            var raw = Environment.GetCommandLineArgs();
+            int separator = Array.IndexOf(raw, "--");
+            foreach (var token in result.GetResult(guestCommand)?.Tokens ?? [])
+                if (separator < 0 || Array.IndexOf(raw, token.Value) < separator)
+                {
+                    result.AddError(token.Value.StartsWith('-')
+                        ? $"unknown option {token.Value} (see sharpvm run --help)"
+                        : $"unexpected argument '{token.Value}': a command for the guest goes after --, as in: sharpvm run -- {token.Value}");
+                    return;
+                }
+        });
         command.SetAction(parse => Run(new RunOptions(
             parse.GetValue(kernel)?.FullName, parse.GetValue(initrd)?.FullName, parse.GetValue(cmdline)!, parse.GetValue(memory)!,
             parse.GetValue(cpus), parse.GetValue(accel), parse.GetValue(serial)!, parse.GetValue(stats), parse.GetValue(reboot),
