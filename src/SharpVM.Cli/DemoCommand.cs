@@ -13,16 +13,18 @@ public static class DemoCommand
     {
         var cpus = new Option<int>("--cpus") { Description = "Number of vCPUs (1-255).", DefaultValueFactory = _ => 2 };
         var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range when the VM ends." };
-        var command = new Command("demo", "Boot the built-in micro-guest (assembled at run time, no kernel needed) on /dev/kvm: each vCPU prints a line on the debug console.\n\nExamples:\n  sharpvm demo\n  sharpvm demo --cpus 4 --stats");
+        var accel = new Option<Accelerator>("--accel") { Description = "Backend: kvm (default: the micro-guest runs fine on any KVM, PVM included) or emu (SharpVM's own CPU).", DefaultValueFactory = _ => Accelerator.Kvm };
+        var command = new Command("demo", "Boot the built-in micro-guest (assembled at run time, no kernel needed) on /dev/kvm: each vCPU prints a line on the debug console.\n\nExamples:\n  sharpvm demo\n  sharpvm demo --cpus 4 --stats\n  sharpvm demo --accel emu");
         command.Options.Add(cpus);
         command.Options.Add(stats);
-        command.SetAction(parse => Run(parse.GetValue(cpus), parse.GetValue(stats)));
+        command.Options.Add(accel);
+        command.SetAction(parse => Run(parse.GetValue(cpus), parse.GetValue(stats), parse.GetValue(accel)));
         return command;
     }
 
-    private static int Run(int cpus, bool stats)
+    private static int Run(int cpus, bool stats, Accelerator accelerator)
     {
-        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = Accelerator.Kvm, InterruptController = true, Pit = false, TimeExits = stats };
+        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = accelerator == Accelerator.Auto ? Accelerator.Kvm : accelerator, InterruptController = true, Pit = false, TimeExits = stats };
         try { config.Validate(); }
         catch (ArgumentException e) { throw new UserFacingException(e.Message); }
         using var vm = VmBuilder.Build(config);

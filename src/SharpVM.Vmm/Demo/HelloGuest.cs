@@ -88,22 +88,7 @@ public static class HelloGuest
         vm.Pio.Register(DebugConsole.Port, 1, new DebugConsole(console), "debug-console");
         vm.Pio.Register(DebugExit.Port, 1, new DebugExit(code =>
             vm.RequestStop(new VmStopReport(VmStopKind.PowerOff, "the micro-guest finished", GuestExitCode: code))), "debug-exit");
-        var memory = vm.Memory;
-        var gate = new object();
-        SpecialRegisters? template = null;
-        vm.VcpuSetup = vcpu =>
-        {
-            SpecialRegisters sregs;
-            lock (gate)
-            {
-                var current = vcpu.GetSpecialRegisters();
-                template ??= GuestCpuSetup.LongMode(memory, current);
-                sregs = template.Value;
-                sregs.ApicBase = current.ApicBase;
-            }
-            vcpu.SetSpecialRegisters(sregs);
-            vcpu.SetRegisters(new Registers { Rip = CodeAddress, Rsp = 0x7000 - (ulong)vcpu.Id * 0x100, Rflags = 2, Rdi = (ulong)vcpu.Id });
-            if (vcpu.Id != 0) vcpu.MakeRunnable();
-        };
+        DirectStart.Configure(vm, StartMode.Long, vcpu =>
+            new Registers { Rip = CodeAddress, Rsp = 0x7000 - (ulong)vcpu.Id * 0x100, Rflags = 2, Rdi = (ulong)vcpu.Id });
     }
 }

@@ -34,26 +34,9 @@ public static class TestGuest
         config ??= new VmConfig { MemoryBytes = 64UL << 20, InterruptController = false, Pit = false };
         var vm = VmBuilder.Build(config, hypervisor);
         vm.Memory.Write(new GuestAddress(CodeAddress), code);
-        var memory = vm.Memory;
-        // The tables are shared by all vCPUs; write them once here rather than per vCPU.
-        SpecialRegisters? template = null;
-        var templateLock = new object();
-        vm.VcpuSetup = vcpu =>
+        var startMode = mode switch { GuestMode.Real => StartMode.Real, GuestMode.Protected => StartMode.Protected, _ => StartMode.Long };
+        DirectStart.Configure(vm, startMode, vcpu =>
         {
-            SpecialRegisters sregs;
-            lock (templateLock)
-            {
-                var current = vcpu.GetSpecialRegisters();
-                template ??= mode switch
-                {
-                    GuestMode.Real => GuestCpuSetup.RealMode(current, CodeAddress),
-                    GuestMode.Protected => GuestCpuSetup.ProtectedMode(memory, current),
-                    _ => GuestCpuSetup.LongMode(memory, current),
-                };
-                sregs = template.Value;
-                sregs.ApicBase = current.ApicBase;
-            }
-            vcpu.SetSpecialRegisters(sregs);
             var regs = new Registers
             {
                 Rip = mode == GuestMode.Real ? 0 : CodeAddress,
@@ -61,10 +44,8 @@ public static class TestGuest
                 Rflags = 2,
                 Rdi = (ulong)vcpu.Id,
             };
-            if (adjust is not null) regs = adjust(vcpu, regs);
-            vcpu.SetRegisters(regs);
-            if (vcpu.Id != 0) vcpu.MakeRunnable();
-        };
+            return adjust is null ? regs : adjust(vcpu, regs);
+        }, CodeAddress);
         return vm;
     }
 }
