@@ -53,6 +53,7 @@ public sealed unsafe partial class EmulatorVcpu
                 }
                 catch (CpuTripleFault)
                 {
+                    FlushTrace();
                     return new VcpuExit(VcpuExitReason.Shutdown, Detail: $"triple fault at RIP 0x{Rip:x}");
                 }
             }
@@ -185,6 +186,7 @@ public sealed unsafe partial class EmulatorVcpu
         {
             ref DInsn d = ref ds[k];
             FaultRip = d.Ip;
+            if (s_trace) TraceInstruction(in b.Insns[k]);
             Rip = d.NextIp;
             if (d.Op == FastOp.None || !ExecFast(ref d)) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
             if (_endBlock)
