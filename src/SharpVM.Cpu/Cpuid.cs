@@ -108,6 +108,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal bool TryReadMsr(uint index, out ulong v)
     {
+        if (TryReadApicMsr(index, out v, out bool apicOk)) return apicOk;
         v = 0;
         switch (index)
         {
@@ -142,6 +143,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal bool TryWriteMsr(uint index, ulong v)
     {
+        if (TryWriteApicMsr(index, v, out bool apicOk)) return apicOk;
         switch (index)
         {
             case 0x10: WriteTsc(v); return true;

@@ -236,8 +236,7 @@ public sealed unsafe partial class EmulatorVcpu
             {
                 ulong bp = Gpr[5] & StackMask();
                 SetSp(bp);
-                int lsz = i.Code == Code.Leaveq ? 8 : i.Code == Code.Leaved ? 4 : 2; // no operands: size from the opcode form
-                SetGpr(5, lsz, Pop(lsz));
+                SetGpr(5, sz, Pop(sz));
                 break;
             }
             case Mnemonic.Mul: MulOp(ReadOp(ref i, 0, sz), sz, false); break;

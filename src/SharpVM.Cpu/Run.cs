@@ -28,6 +28,7 @@ public sealed unsafe partial class EmulatorVcpu
             }
             try
             {
+                if (_apic is not null && ServiceStartup()) continue;
                 if (_halted)
                 {
                     if (_intSource is null)
@@ -101,6 +102,7 @@ public sealed unsafe partial class EmulatorVcpu
         while (true)
         {
             if (_exitRequested != 0) return false;
+            if (PollInitWhileHalted()) return false;
             if (!_nmiBlocked && src.TakePendingNmi())
             {
                 _halted = false;

@@ -6,7 +6,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace SharpVM.Integration.Tests;
 
-X
+/// <summary>Port I/O of every width, in every CPU mode, on both backends (the real /dev/kvm and SharpVM's own CPU), through the PIO bus.</summary>
 public class PioTests
 {
     private const ushort OutPort = 0x10, InPort = 0x20;
