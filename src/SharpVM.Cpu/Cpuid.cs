@@ -67,6 +67,9 @@ public static class EmulatorCpuid
                 a = Str(Brand, o); b = Str(Brand, o + 4); c = Str(Brand, o + 8); d = Str(Brand, o + 12);
                 break;
             }
+            case 0x80000007:
+                d = 1u << 8; // invariant TSC: constant rate, never stops
+                break;
             case 0x80000008:
                 a = 0x3028; // 40 physical, 48 linear address bits
                 break;
