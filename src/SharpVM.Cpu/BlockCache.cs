@@ -57,6 +57,12 @@ internal static class Decoding
 
     public static int OperandSize(in Instruction i)
     {
+        switch (i.Code)
+        {
+            case Code.Leavew: case Code.Enterw_imm16_imm8: return 2;
+            case Code.Leaved: case Code.Enterd_imm16_imm8: return 4;
+            case Code.Leaveq: case Code.Enterq_imm16_imm8: return 8;
+        }
         int n = i.OpCount;
         for (int k = 0; k < n && k < 2; k++)
         {

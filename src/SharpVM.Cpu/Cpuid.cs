@@ -21,6 +21,15 @@ public static class EmulatorCpuid
     public const uint Ext1Ecx = (1u << 0) | (1u << 5);
     // Leaf 7 EBX: ERMS.
     public const uint Leaf7Ebx = 1u << 9;
+    // Leaf 7 EDX: IA32_ARCH_CAPABILITIES MSR (an interpreter does not speculate: see ArchCapabilities).
+    public const uint Leaf7Edx = 1u << 29;
+
+    /// <summary>
+    /// IA32_ARCH_CAPABILITIES: not vulnerable to Meltdown, SSB, MDS, TAA, MMIO stale data, BHI, PBRSB,
+    /// GDS, RFDS (true of an interpreter, and it spares the guest KPTI's CR3 switches).
+    /// </summary>
+    public const ulong ArchCapabilities = (1UL << 0) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
+                                          (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
 
     private static uint Str(string s, int at) => (uint)(s[at] | (s[at + 1] << 8) | (s[at + 2] << 16) | (s[at + 3] << 24));
 
@@ -40,7 +49,7 @@ public static class EmulatorCpuid
                 c = Leaf1Ecx; d = Leaf1Edx;
                 break;
             case 7:
-                if (sub == 0) b = Leaf7Ebx;
+                if (sub == 0) { b = Leaf7Ebx; d = Leaf7Edx; }
                 break;
             case 0x15:
                 a = 1; b = (uint)(TscHz / BusHz); c = (uint)BusHz;
@@ -67,6 +76,9 @@ public static class EmulatorCpuid
                 a = Str(Brand, o); b = Str(Brand, o + 4); c = Str(Brand, o + 8); d = Str(Brand, o + 12);
                 break;
             }
+            case 0x80000007:
+                d = 1u << 8; // invariant TSC: constant rate, never stops
+                break;
             case 0x80000008:
                 a = 0x3028; // 40 physical, 48 linear address bits
                 break;
@@ -108,10 +120,12 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal bool TryReadMsr(uint index, out ulong v)
     {
+        if (TryReadApicMsr(index, out v, out bool apicOk)) return apicOk;
         v = 0;
         switch (index)
         {
             case 0x10: v = ReadTsc(); return true;
+            case 0x10A: v = EmulatorCpuid.ArchCapabilities; return true;
             case 0x1B: v = ApicBase; return true;
             case 0x3A: v = 1; return true; // FEATURE_CONTROL: locked, no VMX
             case 0x8B: v = 0; return true; // microcode revision
@@ -142,6 +156,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal bool TryWriteMsr(uint index, ulong v)
     {
+        if (TryWriteApicMsr(index, v, out bool apicOk)) return apicOk;
         switch (index)
         {
             case 0x10: WriteTsc(v); return true;

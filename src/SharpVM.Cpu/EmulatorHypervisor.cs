@@ -25,6 +25,7 @@ public sealed class EmulatorHypervisor : IHypervisor
     {
         var vm = new EmulatorVirtualMachine(memory, options);
         if (_interruptLines is not null) vm.ConnectInterruptLines(_interruptLines);
+        else if (options.InterruptController) vm.CreateInterruptPlatform(pio, mmio);
         return vm;
     }
 
@@ -34,7 +35,7 @@ public sealed class EmulatorHypervisor : IHypervisor
 }
 
 /// <summary>A VM on the emulated CPU.</summary>
-public sealed class EmulatorVirtualMachine : IVirtualMachine
+public sealed partial class EmulatorVirtualMachine : IVirtualMachine
 {
     private readonly Dictionary<int, DeferredInterruptLine> _lines = [];
     private readonly List<EmulatorVcpu> _vcpus = [];
@@ -61,6 +62,7 @@ public sealed class EmulatorVirtualMachine : IVirtualMachine
     public EmulatorVcpu CreateEmulatorVcpu(int id)
     {
         var v = new EmulatorVcpu(this, id);
+        if (InterruptPlatform is { } p && id < p.LocalApics.Count) v.AttachLocalApic(p.LocalApics[id], waitForStartup: id != 0);
         lock (_vcpus) _vcpus.Add(v);
         return v;
     }
@@ -119,6 +121,7 @@ public sealed class EmulatorVirtualMachine : IVirtualMachine
             foreach (var v in _vcpus) v.Dispose();
             _vcpus.Clear();
         }
+        InterruptPlatform?.Dispose();
     }
 }
 

@@ -106,7 +106,11 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         if (_wake.CurrentCount == 0) _wake.Release();
     }
 
-    public void AttachToCurrentThread() { }
+    public void AttachToCurrentThread()
+    {
+        _apic?.BindCurrentThread();
+        StartProfilerIfRequested();
+    }
 
     public Registers GetRegisters()
     {

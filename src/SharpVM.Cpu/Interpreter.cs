@@ -394,11 +394,80 @@ public sealed unsafe partial class EmulatorVcpu
                 if (i.Code == Code.Cmpsd_m32_m32) ExecString(ref i, asz); else ExecSse(ref i);
                 break;
 
+            case Mnemonic.Aaa: case Mnemonic.Aas: case Mnemonic.Daa: case Mnemonic.Das: case Mnemonic.Aam: case Mnemonic.Aad:
+                ExecBcd(ref i);
+                break;
+            case Mnemonic.Salc:
+                SetGpr(0, 1, (Rflags & Flags.CF) != 0 ? 0xFFUL : 0);
+                break;
             case Mnemonic.In: ExecIn(ref i); break;
             case Mnemonic.Out: ExecOut(ref i); break;
             default:
                 ExecSystem(ref i, sz, asz);
                 break;
+        }
+    }
+
+    /// <summary>The BCD adjust instructions (16/32-bit modes only; #UD in 64-bit mode is the decoder's job).</summary>
+    private void ExecBcd(ref Instruction i)
+    {
+        ulong al = Gpr[0] & 0xFF, ah = (Gpr[0] >> 8) & 0xFF;
+        bool cf = (Rflags & Flags.CF) != 0, af = (Rflags & Flags.AF) != 0;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Aaa:
+            case Mnemonic.Aas:
+            {
+                bool adj = (al & 0xF) > 9 || af;
+                if (adj)
+                {
+                    ulong ax = Gpr[0] & 0xFFFF;
+                    ax = i.Mnemonic == Mnemonic.Aaa ? ax + 0x106 : ax - 6 - 0x100;
+                    al = ax & 0xFF; ah = (ax >> 8) & 0xFF;
+                }
+                al &= 0xF;
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | (ah << 8) | al;
+                SetSzp(al, 1, adj ? Flags.AF | Flags.CF : 0);
+                return;
+            }
+            case Mnemonic.Daa:
+            case Mnemonic.Das:
+            {
+                bool sub = i.Mnemonic == Mnemonic.Das;
+                ulong oldAl = al;
+                bool ncf = false, naf = false;
+                if ((al & 0xF) > 9 || af)
+                {
+                    ncf = cf || (sub ? al < 6 : al > 0xF9);
+                    al = (sub ? al - 6 : al + 6) & 0xFF;
+                    naf = true;
+                }
+                if (oldAl > 0x99 || cf)
+                {
+                    al = (sub ? al - 0x60 : al + 0x60) & 0xFF;
+                    ncf = true;
+                }
+                Gpr[0] = (Gpr[0] & ~0xFFUL) | al;
+                SetSzp(al, 1, (ncf ? Flags.CF : 0) | (naf ? Flags.AF : 0));
+                return;
+            }
+            case Mnemonic.Aam:
+            {
+                ulong b = i.Immediate8;
+                if (b == 0) throw Fault(0);
+                ah = al / b; al %= b;
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | (ah << 8) | al;
+                SetSzp(al, 1, 0);
+                return;
+            }
+            default:
+            {
+                ulong b = i.Immediate8;
+                al = (al + ah * b) & 0xFF;
+                Gpr[0] = (Gpr[0] & ~0xFFFFUL) | al;
+                SetSzp(al, 1, 0);
+                return;
+            }
         }
     }
 

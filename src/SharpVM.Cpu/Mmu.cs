@@ -15,6 +15,8 @@ internal unsafe struct TlbEntry
     /// <summary>Allowed accesses.</summary>
     public int Perm;
     public bool Global;
+    /// <summary>log2(page size / 4 KiB) of the guest mapping this 4 KiB entry came from (0, 9, 10 or 18).</summary>
+    public byte LargeShift;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -23,6 +25,7 @@ public sealed unsafe partial class EmulatorVcpu
     private const int TlbBits = 10, TlbSize = 1 << TlbBits, TlbMask = TlbSize - 1;
     private TlbEntry[] _tlb = null!;
     private bool _tlbHasLarge;
+    private byte _walkLargeShift;
     internal int NeedR = PermSR, NeedW = PermSW, NeedX = PermSX;
     private bool _endBlock;
     private ulong _blockPpn = ulong.MaxValue, _blockPpn2 = ulong.MaxValue;
@@ -43,9 +46,17 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal void InvalidatePage(ulong la)
     {
-        if (_tlbHasLarge) { FlushTlb(true); return; }
-        ref var e = ref _tlb[(int)(la >> 12) & TlbMask];
-        if (e.Vpn == la >> 12) e.Vpn = ulong.MaxValue;
+        ulong vpn = la >> 12;
+        ref var e = ref _tlb[(int)vpn & TlbMask];
+        if (e.Vpn == vpn) e.Vpn = ulong.MaxValue;
+        if (!_tlbHasLarge) return;
+        // The page may be part of a large mapping cached as many 4 KiB entries: drop all of them.
+        var t = _tlb;
+        for (int i = 0; i < t.Length; i++)
+        {
+            int s = t[i].LargeShift;
+            if (s != 0 && t[i].Vpn >> s == vpn >> s) t[i].Vpn = ulong.MaxValue;
+        }
     }
 
     private void UpdateTlbPermissions()
@@ -110,6 +121,7 @@ public sealed unsafe partial class EmulatorVcpu
     {
         global = false;
         perm = 0;
+        _walkLargeShift = 0;
         if (!Paging)
         {
             phys = Bitness == 64 ? la : la & 0xFFFFFFFF;
@@ -138,6 +150,7 @@ public sealed unsafe partial class EmulatorVcpu
                 ulong basePa = (pde & 0xFFC00000UL) | ((ulong)(pde >> 13) & 0xFF) << 32;
                 phys = basePa | (la32 & 0x3FFFFF);
                 large = true;
+                _walkLargeShift = 10;
                 leaf = pde; leafAddr = pdeAddr; pageMask = 0;
                 global = (pde & 0x100) != 0 && (Cr4 & Cr4Pge) != 0;
                 return Check(ref perm);
@@ -186,6 +199,7 @@ public sealed unsafe partial class EmulatorVcpu
                 pageMask = (1UL << shift) - 1;
                 phys = (e & AddrMask & ~pageMask) | (la & pageMask);
                 large = ps;
+                if (ps) _walkLargeShift = (byte)(shift - 12);
                 global = (e & 0x100) != 0 && (Cr4 & Cr4Pge) != 0;
                 leaf = e; leafAddr = entryAddr;
                 return Check(ref perm);
@@ -241,6 +255,7 @@ public sealed unsafe partial class EmulatorVcpu
         e.Perm = perm;
         e.FastPerm = e.Host != null ? perm : 0;
         e.Global = global;
+        e.LargeShift = _walkLargeShift;
         return ref e;
     }
 

@@ -28,6 +28,7 @@ public sealed unsafe partial class EmulatorVcpu
             }
             try
             {
+                if (_apic is not null && ServiceStartup()) continue;
                 if (_halted)
                 {
                     if (_intSource is null)
@@ -53,6 +54,7 @@ public sealed unsafe partial class EmulatorVcpu
                 }
                 catch (CpuTripleFault)
                 {
+                    FlushTrace();
                     return new VcpuExit(VcpuExitReason.Shutdown, Detail: $"triple fault at RIP 0x{Rip:x}");
                 }
             }
@@ -100,6 +102,7 @@ public sealed unsafe partial class EmulatorVcpu
         while (true)
         {
             if (_exitRequested != 0) return false;
+            if (PollInitWhileHalted()) return false;
             if (!_nmiBlocked && src.TakePendingNmi())
             {
                 _halted = false;
@@ -159,9 +162,40 @@ public sealed unsafe partial class EmulatorVcpu
         }
     }
 
+    private ulong[]? _trace;
+    private int _tracePos;
+    private readonly List<string> _eventLog = [];
+
+    /// <summary>Diagnostics: when true, the last 256 block entry addresses and the last exceptions are kept.</summary>
+    public bool Tracing
+    {
+        get => _trace is not null;
+        set { _trace = value ? new ulong[256] : null; _tracePos = 0; }
+    }
+
+    /// <summary>Diagnostics: recent block entry RIPs, oldest first (empty unless <see cref="Tracing"/>).</summary>
+    public IReadOnlyList<ulong> RecentBlocks()
+    {
+        var t = _trace;
+        if (t is null) return [];
+        var list = new List<ulong>();
+        for (int k = 0; k < t.Length; k++) list.Add(t[(_tracePos + k) % t.Length]);
+        return list;
+    }
+
+    /// <summary>Diagnostics: recent exceptions and interrupts delivered (only while <see cref="Tracing"/>).</summary>
+    public IReadOnlyList<string> RecentEvents() => [.. _eventLog];
+
+    private void TraceEvent(string e)
+    {
+        if (_eventLog.Count >= 64) _eventLog.RemoveAt(0);
+        _eventLog.Add(e);
+    }
+
     private void RunBlock()
     {
         ulong rip = Rip;
+        if (_trace is not null) { _trace[_tracePos] = rip; _tracePos = (_tracePos + 1) % _trace.Length; }
         FaultRip = rip;
         ulong la = Linear(CS, rip);
         ulong phys = TranslateFetch(la, out byte* host);
@@ -185,6 +219,7 @@ public sealed unsafe partial class EmulatorVcpu
         {
             ref DInsn d = ref ds[k];
             FaultRip = d.Ip;
+            if (s_trace) TraceInstruction(in b.Insns[k]);
             Rip = d.NextIp;
             if (d.Op == FastOp.None || !ExecFast(ref d)) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
             if (_endBlock)

@@ -635,6 +635,7 @@ public sealed unsafe partial class EmulatorVcpu
     /// <summary>Delivers vector <paramref name="vec"/> through the IVT/IDT; the return address is the current RIP.</summary>
     internal void DeliverInterrupt(int vec, bool hasErr, uint err, InterruptKind kind)
     {
+        if (_trace is not null) TraceEvent($"{kind} vector {vec} err 0x{err:x} at RIP 0x{Rip:x} (CS 0x{Sregs[CS].Sel:x}) CR2 0x{Cr2:x} RSP 0x{Gpr[4]:x}");
         _endBlock = true;
         _halted = false;
         uint ext = kind is InterruptKind.External or InterruptKind.Nmi ? 1u : 0u;

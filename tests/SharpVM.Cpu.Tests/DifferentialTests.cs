@@ -436,6 +436,13 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         var outRegs = new ulong[16];
         var outXmm = new ulong[32];
         const int PerForm = 60;
+        var kernelSregs = g.Cpu.GetSpecialRegisters();
+        var userSregs = kernelSregs;
+        userSregs.Cs = Segment.Flat(TestGuest.UCode | 3, 0xB, longMode: true, code: true);
+        userSregs.Cs.Dpl = 3;
+        userSregs.Ss = Segment.Flat(TestGuest.UData | 3, 0x3, longMode: true, code: false);
+        userSregs.Ss.Dpl = 3;
+        int userCases = 0;
         var swBuild = new System.Diagnostics.Stopwatch();
         var swEmu = new System.Diagnostics.Stopwatch();
         var swNative = new System.Diagnostics.Stopwatch();
@@ -452,7 +459,10 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                 bool de = PredictsDivideError(c);
                 // Emulator run.
                 g.Memory.Write(new GuestAddress(NativeCpu.DataAddr), c.Data);
-                var code = c.Bytes.Append((byte)0xF4).ToArray();
+                // Every third case runs at CPL3 and ends with INT3 (HLT is privileged there).
+                bool user = t % 3 == 2;
+                g.Cpu.SetSpecialRegisters(user ? userSregs : kernelSregs);
+                var code = c.Bytes.Append(user ? (byte)0xCC : (byte)0xF4).ToArray();
                 g.Memory.Write(new GuestAddress(TestGuest.CodeAddr), code);
                 var r = new Registers
                 {
@@ -478,7 +488,11 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                     else ok++;
                     continue;
                 }
-                if (exit.Reason != VcpuExitReason.Halt || er.Rip != TestGuest.CodeAddr + (ulong)code.Length)
+                bool finished = user
+                    ? exit.Reason == VcpuExitReason.Halt && g.Vector == 3 && g.R64(er.Rsp) == TestGuest.CodeAddr + (ulong)code.Length
+                    : exit.Reason == VcpuExitReason.Halt && er.Rip == TestGuest.CodeAddr + (ulong)code.Length;
+                if (user && finished) userCases++;
+                if (!finished)
                 {
                     mismatches++; failedForms.Add(form.Code);
                     if (mismatches < 40) report.AppendLine($"{name}: emulator exit {exit.Reason} {exit.Detail} rip={er.Rip:x} vector={g.Vector}");
@@ -520,7 +534,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
             }
             if (ok > 0 && !failedForms.Contains(form.Code)) covered.Add(form.Code);
         }
-        output.WriteLine($"Differential: {forms.Count} generated forms (encodings x reg/mem/lock/rep), {covered.Count} distinct instruction forms (Iced Code values) fully matching the host, {cases} native comparisons, {deCases} #DE cases, {mismatches} mismatches in {failedForms.Count} forms.");
+        output.WriteLine($"Differential: {forms.Count} generated forms (encodings x reg/mem/lock/rep), {covered.Count} distinct instruction forms (Iced Code values) fully matching the host, {cases} native comparisons ({userCases} of them run at CPL3 in the emulator), {deCases} #DE cases, {mismatches} mismatches in {failedForms.Count} forms.");
         Console.WriteLine($"[SharpVM.Cpu differential] forms covered: {covered.Count}; cases: {cases}; #DE cases: {deCases}; mismatches: {mismatches}");
         output.WriteLine($"time: total {swAll.ElapsedMilliseconds} ms, build {swBuild.ElapsedMilliseconds} ms, emulator {swEmu.ElapsedMilliseconds} ms, native {swNative.ElapsedMilliseconds} ms");
         if (mismatches > 0) output.WriteLine(report.ToString());

@@ -509,4 +509,101 @@ public sealed class SystemTests
         Assert.Contains("RIP 0x100001", exit.Detail);
         Assert.Contains("dd 04 24", exit.Detail);
     }
+
+    [Fact]
+    public void TlbNeedsInvlpgOrCr3ReloadAndGlobalPagesSurviveCr3Reload()
+    {
+        using var g = new TestGuest();
+        const ulong Pd1 = 0x20000, Pt = 0x21000, Va = 0x4000_0000, Va2 = 0x4000_1000;
+        g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
+        g.W64(Pd1, Pt | 7);
+        g.W64(Pt, 0x600000 | 3);
+        g.W64(Pt + 8, 0x700000 | 3 | 0x100); // global
+        g.W64(0x600000, 1); g.W64(0x601000, 2); g.W64(0x700000, 3); g.W64(0x701000, 4);
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(rcx, Va); a.mov(rsi, Va2); a.mov(rdi, (ulong)Pt);
+            a.mov(r8, __qword_ptr[rcx]);                  // 1, now cached
+            a.mov(r12, __qword_ptr[rsi]);                 // 3, cached (global)
+            a.mov(__qword_ptr[rdi], 0x601000 | 3);        // remap Va -> 0x601000
+            a.mov(__qword_ptr[rdi + 8], 0x701000 | 3 | 0x100);
+            a.mov(r9, __qword_ptr[rcx]);                  // stale: still 1
+            a.invlpg(__[rcx]);
+            a.mov(r10, __qword_ptr[rcx]);                 // 2
+            a.mov(rax, cr3); a.mov(cr3, rax);
+            a.mov(r13, __qword_ptr[rsi]);                 // global survives CR3 reload: still 3
+            a.mov(rax, cr4); a.and(eax, ~0x80); a.mov(cr4, rax); a.or(eax, 0x80); a.mov(cr4, rax);
+            a.mov(r14, __qword_ptr[rsi]);                 // flushed by CR4.PGE toggle: 4
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal((1UL, 1UL, 2UL), (r.R8, r.R9, r.R10));
+        Assert.Equal((3UL, 3UL, 4UL), (r.R12, r.R13, r.R14));
+    }
+
+    [Fact]
+    public void LockedReadModifyWriteIsAtomicAcrossVcpus()
+    {
+        using var g = new TestGuest();
+        var cpu2 = g.Vm.CreateEmulatorVcpu(1);
+        const ulong Counter = 0x900000, Code2 = 0x110000;
+        const int N = 200_000;
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            var l = a.CreateLabel();
+            a.mov(rdi, Counter); a.mov(ecx, N);
+            a.Label(ref l);
+            a.@lock.inc(__qword_ptr[rdi]);
+            a.mov(edx, 1);
+            a.@lock.xadd(__dword_ptr[rdi + 8], edx);
+            a.mov(eax, __dword_ptr[rdi + 16]);
+            var retry = a.CreateLabel();
+            a.Label(ref retry);
+            a.lea(ebx, __[rax + 1]);
+            a.@lock.cmpxchg(__dword_ptr[rdi + 16], ebx);
+            a.jnz(retry);
+            a.dec(ecx);
+            a.jnz(l);
+            a.hlt();
+        });
+        g.Memory.Write(new GuestAddress(Code2), g.Memory.GetSpan(new GuestAddress(TestGuest.CodeAddr), 64).ToArray());
+        var regs = new Registers { Rip = TestGuest.CodeAddr, Rsp = TestGuest.StackTop, Rflags = 2, Rdx = 1 };
+        g.Cpu.SetRegisters(regs);
+        var sregs = g.Cpu.GetSpecialRegisters();
+        VcpuExit e2 = default;
+        var t = new Thread(() =>
+        {
+            cpu2.AttachToCurrentThread();
+            cpu2.SetSpecialRegisters(sregs);
+            cpu2.SetRegisters(new Registers { Rip = Code2, Rsp = TestGuest.StackTop - 0x1000, Rflags = 2, Rdx = 1 });
+            e2 = cpu2.Run(new FakeIo());
+        });
+        t.Start();
+        var e1 = g.Run();
+        t.Join();
+        Assert.True(e1.Reason == VcpuExitReason.Halt, $"{e1} / {e2} counter={g.R64(Counter)} rip1={g.Cpu.GetRegisters().Rip:x} rip2={cpu2.GetRegisters().Rip:x} rcx1={g.Cpu.GetRegisters().Rcx} rcx2={cpu2.GetRegisters().Rcx}");
+        Assert.Equal(VcpuExitReason.Halt, e2.Reason);
+        Assert.Equal(2UL * N, g.R64(Counter));
+        Assert.Equal(2U * N, g.R32(Counter + 8));
+        Assert.Equal(2U * N, g.R32(Counter + 16));
+    }
+
+    [Fact]
+    public void NmiIsDeliveredAndBlockedUntilIret()
+    {
+        using var g = new TestGuest();
+        var src = new FakeInterruptSource();
+        g.Cpu.AttachInterruptSource(src);
+        g.Load(0xC000, a => { a.inc(r10); a.iretq(); });
+        SetGate(g, 2, 0xC000);
+        g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.cli(); a.Label(ref l); a.cmp(r10, 2); a.jne(l); a.hlt(); });
+        var t = new Thread(() => { Thread.Sleep(30); src.RaiseNmi(); Thread.Sleep(30); src.RaiseNmi(); Thread.Sleep(2000); g.Cpu.RequestExit(); });
+        t.Start();
+        var exit = g.Run();
+        Assert.Equal(2UL, g.Cpu.GetRegisters().R10);
+        Assert.True(exit.Reason is VcpuExitReason.Interrupted or VcpuExitReason.Halt);
+        g.Cpu.RequestExit();
+        t.Join();
+    }
 }

@@ -64,7 +64,7 @@ internal sealed class TestGuest : IDisposable
     {
         Memory = GuestMemory.Create(ramBytes);
         var hv = new EmulatorHypervisor();
-        Vm = (EmulatorVirtualMachine)hv.CreateVm(Memory, new SharpVM.Devices.Bus.PioBus(), new SharpVM.Devices.Bus.MmioBus(), new VmPlatformOptions());
+        Vm = (EmulatorVirtualMachine)hv.CreateVm(Memory, new SharpVM.Devices.Bus.PioBus(), new SharpVM.Devices.Bus.MmioBus(), new VmPlatformOptions(InterruptController: false, Pit: false));
         Cpu = Vm.CreateEmulatorVcpu(0);
         Cpu.AttachToCurrentThread();
         WriteTables();

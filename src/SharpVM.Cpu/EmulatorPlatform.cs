@@ -1,0 +1,155 @@
+using SharpVM.Devices.Interrupts;
+
+namespace SharpVM.Cpu;
+
+/// <summary>
+/// The emulated CPU's side of SharpVM's interrupt platform (<see cref="EmulatedInterruptPlatform"/>):
+/// its local APIC (interrupts, NMI, APIC MSRs, TSC-deadline) and INIT / start-up IPIs.
+/// </summary>
+public sealed partial class EmulatorVcpu
+{
+    private LocalApic? _apic;
+    private bool _waitingForSipi;
+    private bool _initTaken;
+
+    /// <summary>The local APIC this vCPU uses, when the VM has the emulated interrupt platform.</summary>
+    public LocalApic? LocalApic => _apic;
+
+    /// <summary>True while this application processor waits for INIT/SIPI (or <see cref="MakeRunnable"/>).</summary>
+    public bool IsWaitingForStartup => _waitingForSipi;
+
+    /// <summary>
+    /// Connects this vCPU to its local APIC; an application processor (<paramref name="waitForStartup"/>)
+    /// then waits for a start-up IPI before it runs guest code.
+    /// </summary>
+    public void AttachLocalApic(LocalApic apic, bool waitForStartup)
+    {
+        ArgumentNullException.ThrowIfNull(apic);
+        _apic = apic;
+        AttachInterruptSource(apic);
+        apic.SetTscSource(ReadTsc, (long)EmulatorCpuid.TscHz);
+        _waitingForSipi = waitForStartup;
+    }
+
+    /// <summary>Starts an application processor at the registers set, as if INIT/SIPI had started it.</summary>
+    public void MakeRunnable()
+    {
+        _waitingForSipi = false;
+        _irqHint = true;
+    }
+
+    private static bool IsApicMsr(uint index) => index is 0x1B or 0x6E0 or (>= 0x800 and <= 0x8FF);
+
+    /// <summary>RDMSR of an APIC MSR goes to the local APIC (when there is one). Returns true if handled.</summary>
+    private bool TryReadApicMsr(uint index, out ulong value, out bool ok)
+    {
+        value = 0;
+        ok = false;
+        var apic = _apic;
+        if (apic is null || !IsApicMsr(index)) return false;
+        ok = apic.TryReadMsr(index, out value);
+        if (ok && index == 0x1B) ApicBase = value;
+        return true;
+    }
+
+    private bool TryWriteApicMsr(uint index, ulong value, out bool ok)
+    {
+        ok = false;
+        var apic = _apic;
+        if (apic is null) return false;
+        if (index == 0x10)
+        {
+            // The TSC moved: an armed TSC deadline must be re-evaluated.
+            WriteTsc(value);
+            apic.OnTscChanged();
+            ok = true;
+            return true;
+        }
+        if (!IsApicMsr(index)) return false;
+        ok = apic.TryWriteMsr(index, value);
+        if (ok && index == 0x1B) ApicBase = value;
+        if (ok) _irqHint = true;
+        return true;
+    }
+
+    /// <summary>
+    /// Handles INIT and start-up IPIs between instructions. Returns true while the vCPU must not run guest
+    /// code (an AP waiting for its SIPI); it then waits a little for one.
+    /// </summary>
+    private bool ServiceStartup()
+    {
+        var apic = _apic!;
+        if (_initTaken || apic.TakePendingInit())
+        {
+            _initTaken = false;
+            InitReset();
+            if (!apic.IsBootstrapProcessor) _waitingForSipi = true;
+        }
+        if (!_waitingForSipi) return false;
+        if (apic.TryTakeStartupIpi(out byte vector))
+        {
+            _waitingForSipi = false;
+            _halted = false;
+            ulong seg = (ulong)vector << 8;
+            Sregs[CS] = new Seg { Base = seg << 4, Limit = 0xFFFF, Sel = (ushort)seg, Attr = 0x9B };
+            Rip = 0;
+            UpdateMode();
+            _irqHint = true;
+            return false;
+        }
+        _wake.Wait(1);
+        return true;
+    }
+
+    /// <summary>While halted: true (after recording it) if an INIT arrived, which must end the HLT.</summary>
+    private bool PollInitWhileHalted()
+    {
+        var apic = _apic;
+        if (apic is null || !apic.TakePendingInit()) return false;
+        _initTaken = true;
+        _halted = false;
+        return true;
+    }
+
+    /// <summary>The state INIT leaves a CPU in (MSRs, APIC base and the x87/SSE state other than MXCSR are kept).</summary>
+    private void InitReset()
+    {
+        Array.Clear(Gpr);
+        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0;
+        GdtBase = 0; GdtLimit = 0xFFFF; IdtBase = 0; IdtLimit = 0xFFFF;
+        for (int i = 0; i < 8; i++) Dr[i] = 0;
+        Dr[6] = 0xFFFF0FF0; Dr[7] = 0x400;
+        _halted = false;
+        _interruptShadow = false;
+        _nmiBlocked = false;
+        Reset();
+        FlushTlb(true);
+        UpdateMode();
+    }
+}
+
+public sealed partial class EmulatorVirtualMachine
+{
+    /// <summary>
+    /// The LAPICs, IOAPIC, PICs and PIT of this VM (the emulator's KVM_CREATE_IRQCHIP + KVM_CREATE_PIT2),
+    /// when <see cref="SharpVM.Hypervisor.VmPlatformOptions.InterruptController"/> asked for them.
+    /// </summary>
+    public EmulatedInterruptPlatform? InterruptPlatform { get; private set; }
+
+    /// <summary>Creates the interrupt platform for <see cref="Options"/>' vCPU count, claims its ports and MMIO, and routes GSIs to it.</summary>
+    internal void CreateInterruptPlatform(SharpVM.Devices.Bus.PioBus pio, SharpVM.Devices.Bus.MmioBus mmio)
+    {
+        var platform = new EmulatedInterruptPlatform(Math.Max(1, Options.VcpuCount));
+        try
+        {
+            platform.RegisterDevices(pio, mmio);
+        }
+        catch
+        {
+            platform.Dispose();
+            throw;
+        }
+        InterruptPlatform = platform;
+        ConnectInterruptLines(platform.GetInterruptLine);
+    }
+}
