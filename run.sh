@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# SharpVM's main job: build it (ReadyToRun), report the host, and boot the default guest.
-# Until the Linux-boot work lands, the default guest is the built-in micro-guest on /dev/kvm.
+# SharpVM's main job: install what is needed, build SharpVM (ReadyToRun), build the default guest
+# (Debian's cloud kernel + a busybox initramfs, cached under ~/.cache/sharpvm), and boot it to a shell
+# on this terminal. Ctrl-A x quits. Extra arguments go to `sharpvm run`, e.g. ./run.sh -- uname -a
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
+./guest/build-default-guest.sh >/dev/null
 dotnet publish src/SharpVM.Cli -c Release -o artifacts/sharpvm --nologo -v quiet
-./artifacts/sharpvm/sharpvm info
-./artifacts/sharpvm/sharpvm demo --cpus 2 --stats "$@"
+exec ./artifacts/sharpvm/sharpvm run "$@"
