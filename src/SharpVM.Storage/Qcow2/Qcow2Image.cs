@@ -17,7 +17,7 @@ public sealed partial class Qcow2Image : IDiskImage
 
     private readonly object _sync = new();
     internal readonly ImageFile File;
-    internal Qcow2Header Header;
+    public Qcow2Header Header { get; internal set; }
     internal ulong[] L1;
     internal RefcountTable Refcounts = null!;
     internal readonly MetadataCache L2Cache;
