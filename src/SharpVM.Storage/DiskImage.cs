@@ -12,7 +12,7 @@ public static class DiskImage
         using var f = new ImageFile(path, true);
         Span<byte> m = stackalloc byte[4];
         f.Read(0, m);
-        return m.SequenceEqual("QFI\xfb"u8.ToArray()) ? "qcow2" : "raw";
+        return m.SequenceEqual(new byte[] { 0x51, 0x46, 0x49, 0xfb }) ? "qcow2" : "raw";
     }
 
     public static IDiskImage Open(string path, string? format = null, Qcow2Image.OpenOptions? opts = null)

@@ -21,7 +21,7 @@ internal static class ImgBasic
         var size = new Argument<string?>("size") { Arity = ArgumentArity.ZeroOrOne };
         foreach (var x in new Option[] { fmt, o, objects, quiet, backing, backingFmt, unsafeOpt }) cmd.Options.Add(x);
         cmd.Arguments.Add(file); cmd.Arguments.Add(size);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             string path = pr.GetValue(file)!;
             string format = pr.GetValue(fmt) ?? "raw";
@@ -72,7 +72,7 @@ internal static class ImgBasic
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { fmt, output, objects, imageOpts, pw, quiet, repair }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, format, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             var mode = pr.GetValue(repair) switch
@@ -138,7 +138,7 @@ internal static class ImgBasic
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { list, create, apply, delete, output, objects, imageOpts, pw, quiet, fmt }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, _, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             bool readOnly = pr.GetValue(create) == null && pr.GetValue(apply) == null && pr.GetValue(delete) == null;
@@ -162,7 +162,7 @@ internal static class ImgBasic
         var size = new Argument<string>("size");
         foreach (var x in new Option[] { shrink, fmt, objects, imageOpts, pw, quiet }) cmd.Options.Add(x);
         cmd.Arguments.Add(file); cmd.Arguments.Add(size);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, format, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             string s = pr.GetValue(size)!;
@@ -189,7 +189,7 @@ internal static class ImgBasic
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { o, fmt, objects, imageOpts, pw, quiet, progress }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, _, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             var opts = MergeO(pr.GetValue(o));

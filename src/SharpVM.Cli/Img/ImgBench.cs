@@ -26,7 +26,7 @@ internal static class ImgBench
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { count, depth, size, step, offset, write, pattern, flushInterval, cache, nocache, fmt, objects, imageOpts, pw, quiet }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, format, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             int n = pr.GetValue(count), d = Math.Max(1, pr.GetValue(depth));

@@ -18,7 +18,7 @@ internal static class ImgChain
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { baseOpt, keep, fmt, objects, imageOpts, pw, progress, quiet }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, _, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             using var top = OpenQcow2(path, false, secret);
@@ -59,7 +59,7 @@ internal static class ImgChain
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { backing, backingFmt, unsafeOpt, fmt, objects, imageOpts, pw, progress, quiet }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, _, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             string nb = pr.GetValue(backing) ?? throw new UserFacingException("rebase needs -b BACKING (use -b \"\" to remove the backing file)");

@@ -99,6 +99,21 @@ internal static class ImgCommon
         return Wrap(() => Qcow2Image.Open(path, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking, NoRepairOnOpen = noRepair }));
     }
 
+    /// <summary>
+    /// Installs the action with error reporting: System.CommandLine's default handler would print a stack trace for
+    /// exceptions escaping an action, so user-facing and library errors are turned into "sharpvm: message" here.
+    /// </summary>
+    public static void SetAction(Command cmd, Func<ParseResult, int> action)
+    {
+        cmd.SetAction(pr =>
+        {
+            try { return action(pr); }
+            catch (UserFacingException e) { Console.Error.WriteLine($"sharpvm: {e.Message}"); return e.ExitCode; }
+            catch (DiskImageException e) { Console.Error.WriteLine($"sharpvm: {e.Message}"); return 1; }
+            catch (IOException e) { Console.Error.WriteLine($"sharpvm: {e.Message}"); return 1; }
+        });
+    }
+
     /// <summary>Turns library errors into one-line user errors.</summary>
     public static T Wrap<T>(Func<T> f)
     {

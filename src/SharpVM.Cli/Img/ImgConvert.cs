@@ -21,7 +21,7 @@ internal static class ImgConvert
         var dst = new Argument<string>("destination");
         foreach (var x in new Option[] { fmt, objects, imageOpts, pw, progress, o, quiet, outFmt, compress, backing }) cmd.Options.Add(x);
         cmd.Arguments.Add(src); cmd.Arguments.Add(dst);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var secrets = ParseSecrets(pr.GetValue(objects));
             var opts = MergeO(pr.GetValue(o));
@@ -82,7 +82,7 @@ internal static class ImgConvert
         var a = new Argument<string>("image1"); var b = new Argument<string>("image2");
         foreach (var x in new Option[] { fmt, fmt2, strict, objects, pw, progress, quiet }) cmd.Options.Add(x);
         cmd.Arguments.Add(a); cmd.Arguments.Add(b);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var secrets = ParseSecrets(pr.GetValue(objects));
             string? secret = pr.GetValue(pw) ?? secrets.Values.FirstOrDefault();
@@ -112,7 +112,7 @@ internal static class ImgConvert
         var src = new Argument<string?>("filename") { Arity = ArgumentArity.ZeroOrOne };
         foreach (var x in new Option[] { size, outFmt, fmt, o, output, objects, imageOpts, pw }) cmd.Options.Add(x);
         cmd.Arguments.Add(src);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var secrets = ParseSecrets(pr.GetValue(objects));
             var opts = MergeO(pr.GetValue(o));

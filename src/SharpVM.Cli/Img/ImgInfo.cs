@@ -18,7 +18,7 @@ internal static class ImgInfo
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { fmt, output, objects, imageOpts, pw, chain }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, format, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             bool json = pr.GetValue(output) == "json";
@@ -159,7 +159,7 @@ internal static class ImgInfo
         var file = new Argument<string>("filename");
         foreach (var x in new Option[] { fmt, output, objects, imageOpts, pw }) cmd.Options.Add(x);
         cmd.Arguments.Add(file);
-        cmd.SetAction(pr =>
+        ImgCommon.SetAction(cmd, pr =>
         {
             var (path, format, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             using var img = Open(path, format, true, secret);

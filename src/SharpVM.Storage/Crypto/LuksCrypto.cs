@@ -13,6 +13,7 @@ public sealed class LuksCrypto : IDisposable
 {
     private const uint SlotActive = 0x00AC71F3, SlotInactive = 0x0000DEAD;
     private const int Stripes = 4000;
+    private static readonly byte[] LuksMagic = [(byte)'L', (byte)'U', (byte)'K', (byte)'S', 0xba, 0xbe];
     private readonly AesXts _xts;
     public string CipherName { get; }
     public string CipherMode { get; }
@@ -42,7 +43,7 @@ public sealed class LuksCrypto : IDisposable
 
     public static LuksCrypto Unlock(byte[] hdr, string secret)
     {
-        if (hdr.Length < 592 || !hdr.AsSpan(0, 6).SequenceEqual("LUKS\xba\xbe"u8.ToArray()))
+        if (hdr.Length < 592 || !hdr.AsSpan(0, 6).SequenceEqual(LuksMagic))
             throw new CorruptImageException("LUKS header has bad magic");
         if (BinaryPrimitives.ReadUInt16BigEndian(hdr.AsSpan(6)) != 1) throw new UnsupportedImageException("only LUKS version 1 headers are supported");
         string cipher = Str(hdr.AsSpan(8, 32)), mode = Str(hdr.AsSpan(40, 32)), hash = Str(hdr.AsSpan(72, 32));
@@ -91,7 +92,7 @@ public sealed class LuksCrypto : IDisposable
         int headerSectors = 4096 / 512;
         int payloadSectors = headerSectors + 8 * slotStride;
         var hdr = new byte[payloadSectors * 512L];
-        "LUKS\xba\xbe"u8.ToArray().CopyTo(hdr, 0);
+        LuksMagic.CopyTo(hdr, 0);
         BinaryPrimitives.WriteUInt16BigEndian(hdr.AsSpan(6), 1);
         Encoding.ASCII.GetBytes("aes").CopyTo(hdr, 8);
         Encoding.ASCII.GetBytes("xts-plain64").CopyTo(hdr, 40);

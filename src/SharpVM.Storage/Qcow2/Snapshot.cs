@@ -70,8 +70,8 @@ public sealed class Snapshot
             var extra = new byte[24 + s.UnknownExtra.Length];
             BinaryPrimitives.WriteUInt64BigEndian(extra, s.VmStateSize);
             BinaryPrimitives.WriteUInt64BigEndian(extra.AsSpan(8), s.DiskSize ?? 0);
-            // icount: QEMU writes -1 when record/replay is off.
-            BinaryPrimitives.WriteUInt64BigEndian(extra.AsSpan(16), s.Icount ?? ulong.MaxValue);
+            // icount: 0 unless record/replay recorded one (what qemu-img writes).
+            BinaryPrimitives.WriteUInt64BigEndian(extra.AsSpan(16), s.Icount ?? 0);
             s.UnknownExtra.CopyTo(extra, 24);
             BinaryPrimitives.WriteUInt64BigEndian(fixedPart, s.L1TableOffset);
             BinaryPrimitives.WriteUInt32BigEndian(fixedPart[8..], s.L1Size);
