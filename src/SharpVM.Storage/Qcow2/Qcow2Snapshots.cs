@@ -19,6 +19,7 @@ public sealed partial class Qcow2Image
             if (string.IsNullOrEmpty(name)) throw new DiskImageException("snapshot name must not be empty");
             if (Snapshots.Any(s => s.Name == name)) throw new DiskImageException($"a snapshot named '{name}' already exists");
             if (Snapshots.Count >= Qcow2Header.MaxSnapshots) throw new DiskImageException("too many snapshots");
+            if (Refcounts.MaxRefcount < 2) throw new DiskImageException("refcount_bits=1 cannot count shared clusters; amend the image to wider refcounts before taking snapshots");
             // References first (a crash now only leaks), then the L1 copy, then the table switch.
             UpdateL1Refcounts(L1, +1, clearCopiedInPlace: true);
             long l1Bytes = L1.Length * 8L;
