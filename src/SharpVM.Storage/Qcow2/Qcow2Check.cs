@@ -81,7 +81,8 @@ public sealed partial class Qcow2Image
             }
             catch (CorruptImageException e) { r.Corruptions++; r.Messages.Add("ERROR " + e.Message); }
 
-            long maxCluster = Math.Max(fileClusters, expected.Count == 0 ? 0 : expected.Keys.Max() + 1);
+            // Refcounts past EOF count too (allocated but never written clusters are leaks).
+            long maxCluster = Math.Max(Math.Max(fileClusters, expected.Count == 0 ? 0 : expected.Keys.Max() + 1), Refcounts.LastAllocatedCluster() + 1);
             long covered = (long)Refcounts.Table.Count * Refcounts.EntriesPerBlock;
             var fixes = new List<(long Cluster, ulong Value)>();
             for (long c = 0; c < Math.Max(maxCluster, 0); c++)
