@@ -86,8 +86,14 @@ public class CrashTests
             int acked = int.Parse(File.ReadAllText(path + ".acked"), CultureInfo.InvariantCulture);
             Assert.True(acked > 0, "no flush completed before the kill");
 
-            var (code, o, e) = Qemu.Run("qemu-img", "check", path);
-            Assert.True(code is 0 or 3, $"round {round}: qemu-img check exit {code}\n{o}\n{e}");
+            // A kill inside a snapshot operation leaves the dirty bit set: the next read-write open repairs it (as
+            // QEMU does). Otherwise the image must be consistent as it lies on disk.
+            bool dirty = (File.ReadAllBytes(path)[79] & 1) != 0;
+            if (!dirty)
+            {
+                var (code, o, e) = Qemu.Run("qemu-img", "check", path);
+                Assert.True(code is 0 or 3, $"round {round}: qemu-img check exit {code}\n{o}\n{e}");
+            }
             using var img = Qcow2Image.Open(path);
             var r = img.Check(CheckRepair.Leaks);
             Assert.Equal(0, r.Corruptions);

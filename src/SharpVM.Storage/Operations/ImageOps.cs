@@ -37,7 +37,31 @@ public static class ImageOps
             }
             var span = buf.AsSpan(0, n);
             src.Read(pos, span);
-            if (compress && q != null)
+            if (compress && q != null && pos % q.ClusterSize == 0)
+            {
+                // Compress the chunk's clusters in parallel (the codec is the cost), then place them in order.
+                int cs = q.ClusterSize;
+                int count = (n + cs - 1) / cs;
+                var packed = new byte[]?[count];
+                var zero = new bool[count];
+                var chunkBuf = buf;
+                Parallel.For(0, count, i =>
+                {
+                    int len = Math.Min(cs, n - i * cs);
+                    var part = chunkBuf.AsSpan(i * cs, len);
+                    zero[i] = IsZero(part);
+                    if (!zero[i] && len == cs) packed[i] = q.Compress(part);
+                });
+                for (int i = 0; i < count; i++)
+                {
+                    int len = Math.Min(cs, n - i * cs);
+                    var part = span.Slice(i * cs, len);
+                    if (zero[i]) { if (!dstIsFresh) q.WriteZeroes(pos + (long)i * cs, len); }
+                    else if (len == cs) q.WriteCompressedData(pos / cs + i, packed[i], part);
+                    else q.Write(pos + (long)i * cs, part);
+                }
+            }
+            else if (compress && q != null)
             {
                 int cs = q.ClusterSize;
                 long p = pos;

@@ -270,6 +270,26 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 long g = offset + done;
                 int n = (int)Math.Min(buffer.Length - done, ClusterSize - (g & (ClusterSize - 1)));
+                if (!Extended && _crypto == null)
+                {
+                    // Fast path: a run of plain data clusters that are contiguous on the host is one pread.
+                    var (e, _) = GetEntry(g >> ClusterBits);
+                    long host = (long)(e & OffsetMask);
+                    if (host != 0 && (e & (CompressedFlag | ZeroFlag)) == 0)
+                    {
+                        long runHost = host + (g & (ClusterSize - 1));
+                        int run = n;
+                        while (done + run < buffer.Length)
+                        {
+                            var (e2, _) = GetEntry((g + run) >> ClusterBits);
+                            if ((e2 & (CompressedFlag | ZeroFlag)) != 0 || (long)(e2 & OffsetMask) != runHost + run) break;
+                            run += (int)Math.Min(ClusterSize, buffer.Length - done - run);
+                        }
+                        File.Read(runHost, buffer.Slice(done, run));
+                        done += run;
+                        continue;
+                    }
+                }
                 ReadChunk(g, buffer.Slice(done, n));
                 done += n;
             }
@@ -376,6 +396,16 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 long g = offset + done;
                 int n = (int)Math.Min(data.Length - done, ClusterSize - (g & (ClusterSize - 1)));
+                if (n == ClusterSize && !Extended && _crypto == null)
+                {
+                    int run = CountFreshClusters(g >> ClusterBits, (data.Length - done) >> ClusterBits);
+                    if (run > 1)
+                    {
+                        WriteFreshRun(g >> ClusterBits, data.Slice(done, run << ClusterBits));
+                        done += run << ClusterBits;
+                        continue;
+                    }
+                }
                 WriteChunk(g, data.Slice(done, n));
                 done += n;
             }
@@ -431,6 +461,38 @@ public sealed partial class Qcow2Image : IDiskImage
         if (!inPlace) ReleaseEntry(e);
     }
 
+    /// <summary>How many whole clusters from <paramref name="gc"/> hold no data of their own (so need no copy-on-write).</summary>
+    private int CountFreshClusters(long gc, int max)
+    {
+        int n = 0;
+        max = Math.Min(max, 4096);
+        while (n < max)
+        {
+            var (e, _) = GetEntry(gc + n);
+            if ((e & (OffsetMask | CompressedFlag)) != 0) break;
+            n++;
+        }
+        return n;
+    }
+
+    /// <summary>
+    /// Writes whole clusters that are unallocated: one contiguous allocation, one data pwrite, then the L2 entries
+    /// (same crash ordering as the single-cluster path: refcounts, data, L2).
+    /// </summary>
+    private void WriteFreshRun(long gc, ReadOnlySpan<byte> data)
+    {
+        int n = data.Length >> ClusterBits;
+        long host = Refcounts.Allocate(n);
+        for (int i = 0; i < n; i++)
+            if (IsProtectedMetadata(host + ((long)i << ClusterBits))) throw new CorruptImageException("allocator returned a metadata cluster; refcounts are corrupt");
+        File.Write(host, data);
+        for (int i = 0; i < n; i++)
+        {
+            long l2 = GetL2ForWrite(gc + i);
+            SetEntry(l2, gc + i, (ulong)(host + ((long)i << ClusterBits)) | Copied, 0);
+        }
+    }
+
     private static ulong SubRangeBits(int s0, int s1) => (s1 - s0 + 1 >= 64 ? ulong.MaxValue : ((1UL << (s1 - s0 + 1)) - 1)) << s0;
 
     /// <summary>Drops the reference an L2 entry held on its host cluster(s).</summary>
@@ -455,10 +517,30 @@ public sealed partial class Qcow2Image : IDiskImage
             CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
             BeginWrite();
             if (cluster.Length != ClusterSize) throw new ArgumentException("WriteCompressed takes exactly one cluster");
-            if (_crypto != null || Extended && false) { WriteChunk(guestCluster << ClusterBits, cluster); return; }
-            var tmp = new byte[ClusterSize + 1024];
-            int n = Header.CompressionType == 1 ? NativeCompression.ZstdCompress(cluster, tmp) : NativeCompression.Deflate(cluster, tmp);
-            if (n < 0 || n >= ClusterSize - 512) { WriteChunk(guestCluster << ClusterBits, cluster); return; }
+            WriteCompressedData(guestCluster, Compress(cluster), cluster);
+        }
+    }
+
+    /// <summary>Compresses one cluster with the image's codec; null when that would not save a sector. Thread-safe (no image state).</summary>
+    public byte[]? Compress(ReadOnlySpan<byte> cluster)
+    {
+        if (_crypto != null) return null; // compressed clusters are stored in the clear: never for encrypted images
+        var tmp = new byte[ClusterSize + 1024];
+        int n = Header.CompressionType == 1 ? NativeCompression.ZstdCompress(cluster, tmp) : NativeCompression.Deflate(cluster, tmp);
+        if (n < 0 || n >= ClusterSize - 512) return null;
+        return tmp.AsSpan(0, n).ToArray();
+    }
+
+    /// <summary>Stores a cluster compressed by <see cref="Compress"/> (or plainly when <paramref name="compressed"/> is null).</summary>
+    public void WriteCompressedData(long guestCluster, byte[]? compressed, ReadOnlySpan<byte> cluster)
+    {
+        lock (_sync)
+        {
+            CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
+            BeginWrite();
+            if (compressed == null) { WriteChunk(guestCluster << ClusterBits, cluster); return; }
+            var tmp = compressed;
+            int n = compressed.Length;
             long off;
             if (_compCursor != 0 && _compCursor + n <= _compCursorEnd)
             {

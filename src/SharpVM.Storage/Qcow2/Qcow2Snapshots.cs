@@ -9,6 +9,37 @@ namespace SharpVM.Storage.Qcow2;
 /// </summary>
 public sealed partial class Qcow2Image
 {
+    /// <summary>
+    /// Snapshot operations change a refcount and the matching COPIED flag in two different clusters, so a crash
+    /// between them would leave a COPIED mismatch. On v3 images the dirty bit covers that window: it is set (and
+    /// synced) first and cleared last; whoever opens a dirty image read-write rebuilds refcounts and flags (QEMU does
+    /// the same), so a kill mid-operation costs at most leaked clusters after that repair.
+    /// </summary>
+    private void WithDirtyBit(Action op)
+    {
+        bool mark = Header.Version >= 3 && (Header.IncompatibleFeatures & Qcow2Header.IncompatDirty) == 0;
+        if (mark)
+        {
+            Header.IncompatibleFeatures |= Qcow2Header.IncompatDirty;
+            WriteIncompat();
+        }
+        op();
+        if (mark)
+        {
+            File.Flush();
+            Header.IncompatibleFeatures &= ~Qcow2Header.IncompatDirty;
+            WriteIncompat();
+        }
+    }
+
+    private void WriteIncompat()
+    {
+        Span<byte> b = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(b, Header.IncompatibleFeatures);
+        File.Write(72, b);
+        File.Flush();
+    }
+
     public IReadOnlyList<Snapshot> ListSnapshots() { lock (_sync) return Snapshots.ToList(); }
 
     public Snapshot CreateSnapshot(string name, ulong vmStateSize = 0, ulong vmClockNsec = 0)
@@ -20,6 +51,15 @@ public sealed partial class Qcow2Image
             if (Snapshots.Any(s => s.Name == name)) throw new DiskImageException($"a snapshot named '{name}' already exists");
             if (Snapshots.Count >= Qcow2Header.MaxSnapshots) throw new DiskImageException("too many snapshots");
             if (Refcounts.MaxRefcount < 2) throw new DiskImageException("refcount_bits=1 cannot count shared clusters; amend the image to wider refcounts before taking snapshots");
+            Snapshot? created = null;
+            WithDirtyBit(() => created = CreateSnapshotLocked(name, vmStateSize, vmClockNsec));
+            return created!;
+        }
+    }
+
+    private Snapshot CreateSnapshotLocked(string name, ulong vmStateSize, ulong vmClockNsec)
+    {
+        {
             // References first (a crash now only leaks), then the L1 copy, then the table switch.
             UpdateL1Refcounts(L1, +1, clearCopiedInPlace: true);
             long l1Bytes = L1.Length * 8L;
@@ -51,6 +91,13 @@ public sealed partial class Qcow2Image
         {
             BeginWrite();
             var s = FindSnapshot(nameOrId);
+            WithDirtyBit(() => DeleteSnapshotLocked(s));
+        }
+    }
+
+    private void DeleteSnapshotLocked(Snapshot s)
+    {
+        {
             // Unlink from the table first so a crash leaves only leaked clusters.
             WriteSnapshotTable(Snapshots.Where(x => x != s).ToList());
             var l1 = ReadL1((long)s.L1TableOffset, s.L1Size);
@@ -68,6 +115,13 @@ public sealed partial class Qcow2Image
         {
             BeginWrite();
             var s = FindSnapshot(nameOrId);
+            WithDirtyBit(() => ApplySnapshotLocked(s));
+        }
+    }
+
+    private void ApplySnapshotLocked(Snapshot s)
+    {
+        {
             var snapL1 = ReadL1((long)s.L1TableOffset, s.L1Size);
             UpdateL1Refcounts(snapL1, +1, clearCopiedInPlace: false);
             var oldL1 = L1;
