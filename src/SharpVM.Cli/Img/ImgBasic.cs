@@ -142,7 +142,7 @@ internal static class ImgBasic
         {
             var (path, _, secret) = ResolveTarget(pr.GetValue(file)!, pr.GetValue(fmt), pr.GetValue(imageOpts), ParseSecrets(pr.GetValue(objects)), pr.GetValue(pw));
             bool readOnly = pr.GetValue(create) == null && pr.GetValue(apply) == null && pr.GetValue(delete) == null;
-            using var img = OpenQcow2(path, readOnly, secret, noBacking: true);
+            using var img = OpenQcow2(path, readOnly, secret, noBacking: true, allowLocked: readOnly);
             if (pr.GetValue(create) is { } c) Wrap(() => img.CreateSnapshot(c));
             else if (pr.GetValue(apply) is { } a) Wrap(() => img.ApplySnapshot(a));
             else if (pr.GetValue(delete) is { } d) Wrap(() => img.DeleteSnapshot(d));

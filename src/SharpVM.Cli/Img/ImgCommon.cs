@@ -92,11 +92,18 @@ internal static class ImgCommon
         return Wrap(() => DiskImage.Open(path, format, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking }));
     }
 
-    public static Qcow2Image OpenQcow2(string path, bool readOnly, string? secret, bool noBacking = false, bool noRepair = false)
+    /// <summary>Opens for metadata only: an encrypted image without its secret still shows its header (like qemu-img info).</summary>
+    public static IDiskImage OpenLocked(string path, string? format, string? secret)
+    {
+        if (!File.Exists(path)) throw new UserFacingException($"Could not open '{path}': No such file or directory");
+        return Wrap(() => DiskImage.Open(path, format, new Qcow2Image.OpenOptions { ReadOnly = true, Secret = secret, NoBacking = true, AllowLocked = true }));
+    }
+
+    public static Qcow2Image OpenQcow2(string path, bool readOnly, string? secret, bool noBacking = false, bool noRepair = false, bool allowLocked = false)
     {
         if (!File.Exists(path)) throw new UserFacingException($"Could not open '{path}': No such file or directory");
         if (DiskImage.Probe(path) != "qcow2") throw new UserFacingException($"'{path}' is not a qcow2 image; this operation needs qcow2");
-        return Wrap(() => Qcow2Image.Open(path, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking, NoRepairOnOpen = noRepair }));
+        return Wrap(() => Qcow2Image.Open(path, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking, NoRepairOnOpen = noRepair, AllowLocked = allowLocked }));
     }
 
     /// <summary>

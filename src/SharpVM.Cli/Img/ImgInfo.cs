@@ -28,7 +28,7 @@ internal static class ImgInfo
             while (cur != null)
             {
                 if (!seen.Add(Path.GetFullPath(cur))) throw new UserFacingException($"backing chain loops back to '{cur}'");
-                using var img = Open(cur, curFmt, true, secret, noBacking: true);
+                using var img = OpenLocked(cur, curFmt, secret);
                 var info = InfoJson(img, cur);
                 infos.Add(info);
                 if (!pr.GetValue(chain) || img is not Qcow2Image q || q.Header.BackingFile == null) break;
@@ -125,8 +125,8 @@ internal static class ImgInfo
                 ["icount"] = s.Icount is { } ic && ic != ulong.MaxValue ? (long)ic : 0,
                 ["vm-clock-nsec"] = (long)(s.VmClockNsec % 1_000_000_000),
                 ["name"] = s.Name,
-                ["date-sec"] = s.DateSec,
-                ["date-nsec"] = s.DateNsec,
+                ["date-sec"] = (long)s.DateSec,
+                ["date-nsec"] = (long)s.DateNsec,
                 ["vm-clock-sec"] = (long)(s.VmClockNsec / 1_000_000_000),
                 ["id"] = s.Id,
                 ["vm-state-size"] = (long)s.VmStateSize,

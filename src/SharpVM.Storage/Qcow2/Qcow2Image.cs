@@ -29,6 +29,7 @@ public sealed partial class Qcow2Image : IDiskImage
     private byte[]? _cachedComprData;
     private bool _bitmapsMarked;
     private bool _disposed;
+    private bool _locked;
 
     public string Format => "qcow2";
     public string Path => File.Path;
@@ -73,6 +74,7 @@ public sealed partial class Qcow2Image : IDiskImage
             var ch = header.CryptoHeader ?? throw new CorruptImageException("LUKS-encrypted image has no full disk encryption header extension");
             if (ch.Offset % (ulong)header.ClusterSize != 0 || ch.Offset >= (ulong)file.Length || ch.Length > (ulong)file.Length - ch.Offset || ch.Length > 64 << 20)
                 throw new CorruptImageException("LUKS header extension points outside the file");
+            if (opts.Secret == null && opts.AllowLocked) { _locked = true; return; }
             if (opts.Secret == null) throw new ImageKeyException($"'{file.Path}' is encrypted: a secret is needed (--object secret,id=sec0,data=... --image-opts encrypt.key-secret=sec0, or --password)");
             var hb = new byte[ch.Length];
             file.Read((long)ch.Offset, hb);
@@ -143,6 +145,8 @@ public sealed partial class Qcow2Image : IDiskImage
         public long L2CacheBytes { get; init; } = 4 << 20;
         /// <summary>Do not open the backing file (qemu-img's -u for rebase, info without chain).</summary>
         public bool NoBacking { get; init; }
+        /// <summary>Open an encrypted image without its secret for metadata only (info, snapshot -l); guest I/O then fails.</summary>
+        public bool AllowLocked { get; init; }
         /// <summary>Skip the automatic refcount repair of dirty images (check wants to see them as they are).</summary>
         public bool NoRepairOnOpen { get; init; }
         internal int Depth { get; init; }
@@ -256,6 +260,7 @@ public sealed partial class Qcow2Image : IDiskImage
     private void CheckRange(long offset, long length)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_locked) throw new ImageKeyException($"'{Path}' is encrypted and was opened without its secret");
         if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
             throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} is outside the {Size}-byte disk");
     }
