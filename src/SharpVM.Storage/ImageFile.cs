@@ -81,6 +81,16 @@ internal sealed class ImageFile : IDisposable
         }
     }
 
+    /// <summary>Next data (SEEK_DATA) or hole (SEEK_HOLE) at or after <paramref name="offset"/>; -1 when none / unsupported.</summary>
+    public long Seek(long offset, bool data)
+    {
+        try { return lseek((int)_handle.DangerousGetHandle(), offset, data ? 3 : 4); }
+        catch (EntryPointNotFoundException) { return data ? offset : Length; }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern long lseek(int fd, long offset, int whence);
+
     [DllImport("libc", SetLastError = true)]
     private static extern int stat([MarshalAs(UnmanagedType.LPStr)] string path, byte[] buf);
 

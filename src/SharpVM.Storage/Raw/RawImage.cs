@@ -45,8 +45,14 @@ public sealed class RawImage : IDiskImage
     public Extent GetExtent(long offset, long length)
     {
         Check(offset, length);
-        // SEEK_DATA/SEEK_HOLE would refine this; raw reports everything as data like qemu without the hole probe.
-        return new Extent(offset, length, ExtentKind.Data, 0, offset, Path);
+        // Holes of a sparse file read as zeros: report them as such so convert/map can skip them (SEEK_DATA/SEEK_HOLE).
+        long end = offset + length;
+        long data = _file.Seek(offset, true);
+        if (data < 0 || data >= end) return new Extent(offset, length, ExtentKind.Zero, 0, -1, Path);
+        if (data > offset) return new Extent(offset, data - offset, ExtentKind.Zero, 0, -1, Path);
+        long hole = _file.Seek(offset, false);
+        if (hole <= offset || hole > end) hole = end;
+        return new Extent(offset, hole - offset, ExtentKind.Data, 0, offset, Path);
     }
 
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) { Read(offset, buffer.Span); return ValueTask.CompletedTask; }
