@@ -6,12 +6,16 @@ cd "$(dirname "$0")/../.."
 S=${SHARPVM:-src/SharpVM.Cli/bin/Release/net10.0/linux-x64/sharpvm}
 W=$(mktemp -d /tmp/sharpvm-bench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
-ratio() { echo "scale=2; $1 / $2" | bc; }
-row() { printf '| %-52s | %8.3f | %8.3f | %5s |\n' "$1" "$2" "$3" "$(ratio "$3" "$2")"; }
+# t CMD...: prints "wall cpu" seconds (cpu = user + sys of the command).
+t() { local TIMEFORMAT='%R %U %S' out; out=$( { time "$@" >/dev/null 2>&1; } 2>&1 ); echo "$out" | awk '{printf "%s %.3f", $1, $2 + $3}'; }
+ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
+row() {
+  local qw qc sw sc; read -r qw qc <<<"$2"; read -r sw sc <<<"$3"
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$qw" "$sw" "$(ratio "$sw" "$qw")" "$qc" "$sc" "$(ratio "$sc" "$qc")"
+}
 
-echo "| case | qemu-img s | sharpvm s | sharpvm/qemu |"
-echo "|---|---|---|---|"
+echo "| case | qemu-img wall s | sharpvm wall s | wall ratio | qemu-img cpu s | sharpvm cpu s | cpu ratio |"
+echo "|---|---|---|---|---|---|---|"
 qemu-img create -q -f qcow2 "$W/r.qcow2" 1G
 qemu-io -c "write -P 1 0 512M" "$W/r.qcow2" >/dev/null
 for args in "-c 200000 -d 64 -s 4k" "-c 20000 -d 16 -s 64k" "-c 2000 -d 4 -s 1M"; do
