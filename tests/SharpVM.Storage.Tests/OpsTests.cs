@@ -12,6 +12,7 @@ public class OpsTests
     [InlineData(true, "zlib", false)]
     [InlineData(true, "zstd", false)]
     [InlineData(false, "zlib", true)]
+    [InlineData(true, "zstd", true)]
     public void ConvertRawToQcow2AndBack(bool compress, string ctype, bool extl2)
     {
         using var d = new TempDir();

@@ -491,10 +491,18 @@ public sealed partial class Qcow2Image : IDiskImage
         for (int i = 0; i < n; i++)
             if (IsProtectedMetadata(host + ((long)i << ClusterBits))) throw new CorruptImageException("allocator returned a metadata cluster; refcounts are corrupt");
         File.Write(host, data);
-        for (int i = 0; i < n; i++)
+        // L2 entries: one pwrite per L2 table touched.
+        int k = 0;
+        while (k < n)
         {
-            long l2 = GetL2ForWrite(gc + i);
-            SetEntry(l2, gc + i, (ulong)(host + ((long)i << ClusterBits)) | Copied, 0);
+            long l2 = GetL2ForWrite(gc + k);
+            var t = LoadL2(l2);
+            int first = (int)((gc + k) & (L2Entries - 1));
+            int count = (int)Math.Min(n - k, L2Entries - first);
+            for (int i = 0; i < count; i++)
+                BinaryPrimitives.WriteUInt64BigEndian(t.AsSpan((first + i) * 8), (ulong)(host + ((long)(k + i) << ClusterBits)) | Copied);
+            File.Write(l2 + first * 8L, t.AsSpan(first * 8, count * 8));
+            k += count;
         }
     }
 

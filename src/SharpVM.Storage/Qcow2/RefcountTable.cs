@@ -104,6 +104,29 @@ internal sealed class RefcountTable
         if (value == 0 && cluster < _freeHint) _freeHint = cluster;
     }
 
+    /// <summary>Sets a run of refcounts, one pwrite per refcount block touched (allocation of long runs).</summary>
+    public void SetRun(long first, long n, ulong value)
+    {
+        if (value > MaxRefcount) throw new DiskImageException($"refcount would exceed {MaxRefcount}");
+        long c = first;
+        while (c < first + n)
+        {
+            long bi = c / EntriesPerBlock;
+            EnsureBlock(bi);
+            long boff = (long)_table[bi];
+            var block = _blocks.Get(boff, LoadBlock);
+            long end = Math.Min(first + n, (bi + 1) * EntriesPerBlock);
+            int lo = int.MaxValue, hi = 0;
+            for (long x = c; x < end; x++)
+            {
+                var (o, l) = WriteEntry(block, x % EntriesPerBlock, value);
+                lo = Math.Min(lo, o); hi = Math.Max(hi, o + l);
+            }
+            _file.Write(boff + lo, block.AsSpan(lo, hi - lo));
+            c = end;
+        }
+    }
+
     public void Add(long cluster, long delta)
     {
         ulong cur = Get(cluster);
@@ -236,7 +259,7 @@ internal sealed class RefcountTable
             bool stillFree = true;
             for (long i = 0; i < n; i++) if (Get(start + i) != 0) { stillFree = false; break; }
             if (!stillFree) continue; // a new refcount block landed in the run; look again
-            for (long i = 0; i < n; i++) Set(start + i, 1);
+            SetRun(start, n, 1);
             _freeHint = start + n;
             return start << _clusterBits;
         }
