@@ -226,3 +226,50 @@ public class SnapshotAndChainTests
         }
     }
 }
+
+public class MixedFeatureTests
+{
+    private const string Pw = "pw-123";
+
+    [Fact]
+    public void QemuAppliesSharpVMSnapshots()
+    {
+        using var d = new TempDir();
+        long size = 4L << 20;
+        var a = new Model(size);
+        using (var img = Qcow2Image.Create(d["s.qcow2"], new Qcow2CreateOptions { Size = size, ClusterSize = 16384 }))
+        {
+            a.RandomWorkload(img, new Random(1), 30);
+            img.CreateSnapshot("before");
+            var b = new Model(size);
+            a.Data.CopyTo(b.Data, 0);
+            b.RandomWorkload(img, new Random(2), 30);
+        }
+        Qemu.Img("snapshot", "-a", "before", d["s.qcow2"]);
+        Qemu.AssertClean(d["s.qcow2"]);
+        a.SaveRaw(d["a.raw"]);
+        Qemu.Img("compare", "-F", "raw", d["s.qcow2"], d["a.raw"]);
+    }
+
+    [Fact]
+    public void EncryptedOverlayWithSnapshotsOverEncryptedBase()
+    {
+        using var d = new TempDir();
+        long size = 4L << 20;
+        var m = new Model(size);
+        using (var b = Qcow2Image.Create(d["base.qcow2"], new Qcow2CreateOptions { Size = size, EncryptSecret = Pw, EncryptIterTimeMs = 5 }))
+            m.RandomWorkload(b, new Random(1), 20);
+        using (var top = Qcow2Image.Create(d["top.qcow2"], new Qcow2CreateOptions { Size = size, EncryptSecret = Pw, EncryptIterTimeMs = 5, BackingFile = "base.qcow2", BackingFormat = "qcow2" }))
+        {
+            m.AssertMatches(top);
+            top.CreateSnapshot("s");
+            m.RandomWorkload(top, new Random(2), 20, discards: false);
+            m.AssertMatches(top);
+            Assert.Equal(0, top.Check().Corruptions);
+        }
+        m.SaveRaw(d["ref.raw"]);
+        Qemu.Img("compare", "--object", $"secret,id=sec0,data={Pw}", "--image-opts",
+            $"driver=qcow2,file.filename={d["top.qcow2"]},encrypt.key-secret=sec0,backing.encrypt.key-secret=sec0",
+            $"driver=raw,file.filename={d["ref.raw"]}");
+    }
+}
