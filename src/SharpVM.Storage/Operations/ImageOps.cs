@@ -45,13 +45,17 @@ public static class ImageOps
                 var packed = new byte[]?[count];
                 var zero = new bool[count];
                 var chunkBuf = buf;
-                Parallel.For(0, count, i =>
+                try
                 {
-                    int len = Math.Min(cs, n - i * cs);
-                    var part = chunkBuf.AsSpan(i * cs, len);
-                    zero[i] = IsZero(part);
-                    if (!zero[i] && len == cs) packed[i] = q.Compress(part);
-                });
+                    Parallel.For(0, count, i =>
+                    {
+                        int len = Math.Min(cs, n - i * cs);
+                        var part = chunkBuf.AsSpan(i * cs, len);
+                        zero[i] = IsZero(part);
+                        if (!zero[i] && len == cs) packed[i] = q.Compress(part);
+                    });
+                }
+                catch (AggregateException ae) when (ae.InnerException is DiskImageException die) { throw die; }
                 for (int i = 0; i < count; i++)
                 {
                     int len = Math.Min(cs, n - i * cs);

@@ -295,10 +295,58 @@ public sealed partial class Qcow2Image : IDiskImage
                         continue;
                     }
                 }
+                if (n == ClusterSize && buffer.Length - done >= 2 * ClusterSize)
+                {
+                    int got = ReadCompressedRun(g, buffer[done..]);
+                    if (got > 0) { done += got; continue; }
+                }
                 ReadChunk(g, buffer.Slice(done, n));
                 done += n;
             }
         }
+    }
+
+    /// <summary>
+    /// Reads a run of whole compressed clusters, decompressing them in parallel (the codec dominates the cost
+    /// of reading compressed images). Returns the bytes produced, 0 if the cluster at <paramref name="g"/> is not compressed.
+    /// </summary>
+    private int ReadCompressedRun(long g, Span<byte> dst)
+    {
+        int max = Math.Min(dst.Length >> ClusterBits, 64);
+        var entries = new List<ulong>();
+        for (int i = 0; i < max; i++)
+        {
+            var (e, _) = GetEntry((g >> ClusterBits) + i);
+            if ((e & CompressedFlag) == 0) break;
+            entries.Add(e);
+        }
+        if (entries.Count < 2) return 0;
+        var srcs = new byte[entries.Count][];
+        for (int i = 0; i < entries.Count; i++)
+        {
+            var (coff, clen) = CompressedRange(entries[i]);
+            if (coff >= File.Length) throw new CorruptImageException($"compressed cluster for guest cluster {(g >> ClusterBits) + i} starts past the end of the file");
+            srcs[i] = new byte[Math.Min(clen, File.Length - coff)];
+            File.Read(coff, srcs[i]);
+        }
+        var outs = new byte[entries.Count][];
+        bool zstd = Header.CompressionType == 1;
+        int cs = ClusterSize;
+        try
+        {
+            Parallel.For(0, entries.Count, i =>
+            {
+                outs[i] = new byte[cs];
+                if (zstd) NativeCompression.ZstdDecompress(srcs[i], outs[i]);
+                else NativeCompression.Inflate(srcs[i], outs[i]);
+            });
+        }
+        catch (AggregateException ae) when (ae.InnerException is DiskImageException die)
+        {
+            throw die; // keep the typed error (corrupt compressed data) for callers
+        }
+        for (int i = 0; i < outs.Length; i++) outs[i].CopyTo(dst[(i * cs)..]);
+        return outs.Length * cs;
     }
 
     /// <summary>Reads a range inside one guest cluster.</summary>
