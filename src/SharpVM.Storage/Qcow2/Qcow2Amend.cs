@@ -59,6 +59,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             if (bits < 1 || bits > 64 || (bits & (bits - 1)) != 0) throw new DiskImageException($"refcount_bits {bits} must be a power of two from 1 to 64");
             int order = System.Numerics.BitOperations.Log2((uint)bits);
             if (order == Header.RefcountOrder) return;
@@ -110,6 +111,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             uint v = compat switch { "0.10" => 2u, "1.1" => 3u, _ => throw new DiskImageException($"invalid compat level '{compat}'") };
             if (v == Header.Version) return;
             if (v == 3)
@@ -154,6 +156,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             if (Header.Version < 3 && on) throw new DiskImageException("lazy_refcounts needs compat=1.1");
             // We always keep refcounts exact, so the bit only records the preference for other implementations.
             Header.CompatibleFeatures = on ? Header.CompatibleFeatures | Qcow2Header.CompatLazyRefcounts : Header.CompatibleFeatures & ~Qcow2Header.CompatLazyRefcounts;

@@ -25,6 +25,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             if (repair != CheckRepair.None && File.ReadOnly) throw new ImageReadOnlyException("repair needs the image opened read-write");
+            Quiesce();
             var r = new CheckResult();
             int cs = ClusterSize;
             long fileClusters = (File.Length + cs - 1) >> ClusterBits;

@@ -47,6 +47,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             if (string.IsNullOrEmpty(name)) throw new DiskImageException("snapshot name must not be empty");
             if (Snapshots.Any(s => s.Name == name)) throw new DiskImageException($"a snapshot named '{name}' already exists");
             if (Snapshots.Count >= Qcow2Header.MaxSnapshots) throw new DiskImageException("too many snapshots");
@@ -90,6 +91,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             var s = FindSnapshot(nameOrId);
             WithDirtyBit(() => DeleteSnapshotLocked(s));
         }
@@ -114,6 +116,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             var s = FindSnapshot(nameOrId);
             WithDirtyBit(() => ApplySnapshotLocked(s));
         }
@@ -232,6 +235,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             newSize = (newSize + 511) & ~511L;
             if (newSize < Size)
             {
@@ -275,6 +279,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             Header.BackingFile = string.IsNullOrEmpty(name) ? null : name;
             Header.BackingFormat = Header.BackingFile == null ? null : format;
             WriteHeader();
@@ -288,6 +293,7 @@ public sealed partial class Qcow2Image
         lock (_sync)
         {
             BeginWrite();
+            Quiesce();
             for (long gc = 0; gc < (Size + ClusterSize - 1) >> ClusterBits; gc++)
             {
                 var (e, bm) = GetEntry(gc);

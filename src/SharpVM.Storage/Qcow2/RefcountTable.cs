@@ -125,6 +125,7 @@ internal sealed class RefcountTable
             _file.Write(boff + lo, block.AsSpan(lo, hi - lo));
             c = end;
         }
+        if (value == 0 && first < _freeHint) _freeHint = first;
     }
 
     public void Add(long cluster, long delta)
@@ -245,6 +246,7 @@ internal sealed class RefcountTable
     /// <summary>Allocates <paramref name="n"/> contiguous clusters (refcount 1) and returns the host offset of the first.</summary>
     public long Allocate(int n)
     {
+        if (n > EntriesPerBlock / 2) return AllocateAtEnd(n);
         long start = _freeHint;
         while (true)
         {
@@ -252,7 +254,11 @@ internal sealed class RefcountTable
             long run = 0, c = start;
             while (run < n)
             {
-                if (Get(c) == 0) { run++; c++; }
+                // The first cluster of a range without a refcount block is where that block will go (EnsureBlock),
+                // so it is not free for data; otherwise a long run could chase ever-new blocks forever.
+                long bi = c / EntriesPerBlock;
+                bool blockSlot = c % EntriesPerBlock == 0 && (bi >= _table.Length || _table[bi] == 0);
+                if (!blockSlot && Get(c) == 0) { run++; c++; }
                 else { run = 0; c++; start = c; }
             }
             for (long i = 0; i < n; i++) EnsureBlock((start + i) / EntriesPerBlock);
@@ -267,6 +273,53 @@ internal sealed class RefcountTable
 
     /// <summary>During repair: clusters the metadata references whatever their stored refcount says.</summary>
     public Func<long, bool>? InUse { get; set; }
+
+    /// <summary>
+    /// Allocates a long run past everything in use, with the refcount blocks it needs placed just before it
+    /// (a run longer than half a block cannot be found between the self-describing block slots).
+    /// </summary>
+    private long AllocateAtEnd(int n)
+    {
+        while (true)
+        {
+            long p = Math.Max((_file.Length + ClusterSize - 1) >> _clusterBits, HighestCoveredAllocated() + 1);
+            long m = 0;
+            List<long> fresh = [];
+            for (int iter = 0; iter < 16; iter++)
+            {
+                fresh = [];
+                for (long bi = p / EntriesPerBlock; bi <= (p + m + n - 1) / EntriesPerBlock; bi++)
+                    if (bi >= _table.Length || _table[bi] == 0) fresh.Add(bi);
+                if (fresh.Count == m) break;
+                m = fresh.Count;
+            }
+            long maxBi = (p + m + n - 1) / EntriesPerBlock;
+            if (maxBi >= _table.Length) { GrowTable(maxBi); continue; } // the table moved to the end: start over
+            var blocks = new Dictionary<long, byte[]>();
+            for (int i = 0; i < fresh.Count; i++) blocks[fresh[i]] = new byte[ClusterSize];
+            for (long c = p; c < p + m + n; c++)
+            {
+                long bi = c / EntriesPerBlock;
+                if (blocks.TryGetValue(bi, out var b)) WriteEntry(b, c % EntriesPerBlock, 1);
+            }
+            for (long c = p; c < p + m + n; c++)
+                if (!blocks.ContainsKey(c / EntriesPerBlock)) Set(c, 1);
+            Span<byte> e = stackalloc byte[8];
+            for (int i = 0; i < fresh.Count; i++)
+            {
+                long off = (p + i) << _clusterBits;
+                _file.Write(off, blocks[fresh[i]]);
+                _blocks.Put(off, blocks[fresh[i]]);
+                _table[fresh[i]] = (ulong)off;
+                BinaryPrimitives.WriteUInt64BigEndian(e, (ulong)off);
+                _file.Write(TableOffset + fresh[i] * 8, e);
+            }
+            // Make the file cover the run so "end of everything" stays past it for the next caller.
+            long endByte = (p + m + n) << _clusterBits;
+            if (_file.Length < endByte) _file.SetLength(endByte);
+            return (p + m) << _clusterBits;
+        }
+    }
 
     public void ResetHint() => _freeHint = 0;
 
