@@ -110,3 +110,31 @@ public class InteropWriteTests
         Qemu.Img("compare", "-f", "qcow2", "-F", "raw", d["g.qcow2"], d["ref.raw"]);
     }
 }
+
+public class AllocatorTests
+{
+    /// <summary>Runs longer than a refcount block covers (512 B clusters, 64-bit refcounts: 64 clusters per block).</summary>
+    [Fact]
+    public void RunsLongerThanARefcountBlock()
+    {
+        using var d = new TempDir();
+        long size = 1L << 30; // L1 alone is 512 clusters
+        var rnd = new Random(12);
+        var data = new byte[3 << 20];
+        rnd.NextBytes(data);
+        using (var img = Qcow2Image.Create(d["r.qcow2"], new Qcow2CreateOptions { Size = size, ClusterSize = 512, RefcountBits = 64 }))
+        {
+            img.Write(100L << 20, data);
+            img.Write(7, data.AsSpan(0, 100_000));
+            var back = new byte[data.Length];
+            img.Read(100L << 20, back);
+            Assert.Equal(data, back);
+            Assert.Equal(0, img.Check().Corruptions);
+        }
+        Qemu.AssertClean(d["r.qcow2"]);
+        var q = Qemu.Run("qemu-io", "-c", "read -v 104857600 16", d["r.qcow2"]).Out;
+        // qemu-io's hex dump of what qemu reads there must be our first 16 bytes.
+        string hex = string.Join(" ", data.Take(16).Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
+        Assert.Contains(hex, q);
+    }
+}
