@@ -451,6 +451,33 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 long g = offset + done;
                 int n = (int)Math.Min(data.Length - done, ClusterSize - (g & (ClusterSize - 1)));
+                if (!Extended && _crypto == null)
+                {
+                    // In-place fast path: clusters we own exclusively and that are contiguous on the host take one pwrite.
+                    var (e, _) = GetEntry(g >> ClusterBits);
+                    long host = (long)(e & OffsetMask);
+                    if (host != 0 && (e & Copied) != 0 && (e & (CompressedFlag | ZeroFlag)) == 0 && n < data.Length - done)
+                    {
+                        long runHost = host + (g & (ClusterSize - 1));
+                        int run = n;
+                        while (done + run < data.Length)
+                        {
+                            var (e2, _) = GetEntry((g + run) >> ClusterBits);
+                            if ((e2 & Copied) == 0 || (e2 & (CompressedFlag | ZeroFlag)) != 0 || (long)(e2 & OffsetMask) != runHost + run) break;
+                            run += (int)Math.Min(ClusterSize, data.Length - done - run);
+                        }
+                        if (run > n)
+                        {
+                            if (IsProtectedMetadata(host)) throw new CorruptImageException($"guest offset {g} maps to 0x{host:x}, which is image metadata; refusing to write");
+                            if (runHost + run > File.Length + ClusterSize * 1024L) throw new CorruptImageException($"guest offset {g} maps far past the end of the file");
+                            for (long c = (runHost >> ClusterBits) + 1; c <= (runHost + run - 1) >> ClusterBits; c++)
+                                if (IsProtectedMetadata(c << ClusterBits)) throw new CorruptImageException($"guest range at {g} maps onto image metadata; refusing to write");
+                            File.Write(runHost, data.Slice(done, run));
+                            done += run;
+                            continue;
+                        }
+                    }
+                }
                 if (n == ClusterSize && !Extended && _crypto == null)
                 {
                     int run = CountFreshClusters(g >> ClusterBits, (data.Length - done) >> ClusterBits);
