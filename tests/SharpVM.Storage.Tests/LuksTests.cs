@@ -49,6 +49,21 @@ public class LuksTests
         Qemu.Img("compare", "--object", $"secret,id=sec0,data={Pw}", "--image-opts", Opts(d["q.qcow2"]), $"driver=raw,file.filename={d["ref.raw"]}");
     }
 
+    [Theory]
+    [InlineData("aes-128", "sha1")]
+    [InlineData("aes-256", "sha512")]
+    public void QemuLuksVariantsRead(string cipher, string hash)
+    {
+        using var d = new TempDir();
+        Qemu.Img("create", "-q", "--object", $"secret,id=sec0,data={Pw}", "-f", "qcow2",
+            "-o", $"encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,encrypt.cipher-alg={cipher},encrypt.hash-alg={hash}",
+            d["v.qcow2"], "4M");
+        var model = new Model(4L << 20);
+        InteropReadTests.QemuWorkload(d["v.qcow2"], model, 65536, new Random(9), 20, ["--object", $"secret,id=sec0,data={Pw}"], Opts(d["v.qcow2"]));
+        using var img = Qcow2Image.Open(d["v.qcow2"], new Qcow2Image.OpenOptions { ReadOnly = true, Secret = Pw });
+        model.AssertMatches(img);
+    }
+
     [Fact]
     public void WrongKeyIsAClearError()
     {

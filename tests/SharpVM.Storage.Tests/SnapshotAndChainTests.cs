@@ -84,9 +84,10 @@ public class SnapshotAndChainTests
     }
 
     [Theory]
-    [InlineData("qcow2")]
-    [InlineData("raw")]
-    public void OverlayOnBackingFile(string baseFormat)
+    [InlineData("qcow2", "1.1")]
+    [InlineData("raw", "1.1")]
+    [InlineData("qcow2", "0.10")]
+    public void OverlayOnBackingFile(string baseFormat, string compat)
     {
         using var d = new TempDir();
         long size = 8L << 20;
@@ -99,7 +100,7 @@ public class SnapshotAndChainTests
             using var b = Qcow2Image.Create(basePath, new Qcow2CreateOptions { Size = size });
             b.Write(0, model.Data);
         }
-        using (var top = Qcow2Image.Create(d["top.qcow2"], new Qcow2CreateOptions { Size = size, BackingFile = "base." + baseFormat, BackingFormat = baseFormat }))
+        using (var top = Qcow2Image.Create(d["top.qcow2"], new Qcow2CreateOptions { Size = size, Compat = compat, BackingFile = "base." + baseFormat, BackingFormat = baseFormat }))
         {
             Assert.NotNull(top.Backing);
             model.AssertMatches(top);
