@@ -92,7 +92,11 @@ public class HostileImageTests
         var before = File.ReadAllBytes(p).AsSpan(0, 8192).ToArray();
         using (var img = Qcow2Image.Open(p))
             Assert.Throws<CorruptImageException>(() => img.Write(0, new byte[100]));
-        Assert.Equal(before, File.ReadAllBytes(p).AsSpan(0, 8192).ToArray());
+        var after = File.ReadAllBytes(p);
+        Assert.Equal(before.AsSpan(4096, 4096).ToArray(), after.AsSpan(4096, 4096).ToArray()); // refcount table untouched
+        // The image is now flagged corrupt: no more writers until repaired.
+        Assert.Contains("\"corrupt\": true", Qemu.Img("info", "--output", "json", p));
+        Assert.Throws<ImageReadOnlyException>(() => Qcow2Image.Open(p));
     }
 
     [Fact]
@@ -105,6 +109,17 @@ public class HostileImageTests
         using var img = Qcow2Image.Open(p, new Qcow2Image.OpenOptions { ReadOnly = true });
         var b = new byte[4096]; img.Read(0, b);
         Assert.Equal(5, b[0]);
+    }
+
+    [Fact]
+    public void RepairClearsCorruptBit()
+    {
+        using var d = new TempDir(); var p = Fresh(d);
+        Patch(p, 72, Be64(2));
+        using (var img = Qcow2Image.Open(p, new Qcow2Image.OpenOptions { ForRepair = true, NoRepairOnOpen = true }))
+            Assert.Equal(0, img.Check(CheckRepair.All).Corruptions);
+        using (var img = Qcow2Image.Open(p)) img.Write(0, new byte[] { 1 });
+        Qemu.AssertClean(p);
     }
 
     [Fact]

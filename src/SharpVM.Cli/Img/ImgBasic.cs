@@ -85,7 +85,7 @@ internal static class ImgBasic
             Qcow2Image img;
             try
             {
-                img = Qcow2Image.Open(path, new Qcow2Image.OpenOptions { ReadOnly = mode == CheckRepair.None, Secret = secret, NoBacking = true, NoRepairOnOpen = true });
+                img = Qcow2Image.Open(path, new Qcow2Image.OpenOptions { ReadOnly = mode == CheckRepair.None, Secret = secret, NoBacking = true, NoRepairOnOpen = true, ForRepair = mode == CheckRepair.All, AllowLocked = true });
             }
             catch (DiskImageException e)
             {

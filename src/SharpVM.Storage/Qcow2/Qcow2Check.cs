@@ -123,6 +123,11 @@ public sealed partial class Qcow2Image
             if (repair == CheckRepair.All) FixCopiedFlags(r);
             else CountCopiedErrors(r);
             r.TotalClusters = (Size + cs - 1) >> ClusterBits;
+            if (repair == CheckRepair.All && r.Corruptions == 0 && (Header.IncompatibleFeatures & Qcow2Header.IncompatCorrupt) != 0)
+            {
+                Header.IncompatibleFeatures &= ~Qcow2Header.IncompatCorrupt; // repaired: writers may use it again
+                WriteHeader();
+            }
             if (repair != CheckRepair.None) File.Flush();
             return r;
         }

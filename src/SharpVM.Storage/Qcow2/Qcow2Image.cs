@@ -147,6 +147,8 @@ public sealed partial class Qcow2Image : IDiskImage
         public bool NoBacking { get; init; }
         /// <summary>Open an encrypted image without its secret for metadata only (info, snapshot -l); guest I/O then fails.</summary>
         public bool AllowLocked { get; init; }
+        /// <summary>Open read-write even with the corrupt bit set, for `check -r all` (which clears it when done).</summary>
+        public bool ForRepair { get; init; }
         /// <summary>Skip the automatic refcount repair of dirty images (check wants to see them as they are).</summary>
         public bool NoRepairOnOpen { get; init; }
         internal int Depth { get; init; }
@@ -162,7 +164,7 @@ public sealed partial class Qcow2Image : IDiskImage
             var first = new byte[Math.Min(len, 2 << 20)];
             file.Read(0, first);
             var h = Qcow2Header.Parse(first, len);
-            if ((h.IncompatibleFeatures & Qcow2Header.IncompatCorrupt) != 0 && !opts.ReadOnly)
+            if ((h.IncompatibleFeatures & Qcow2Header.IncompatCorrupt) != 0 && !opts.ReadOnly && !opts.ForRepair)
                 throw new ImageReadOnlyException($"'{path}' is marked corrupt (corrupt bit set): it may only be opened read-only; run 'sharpvm img check -r all' to repair it");
             IDiskImage? backing = null;
             if (h.BackingFile != null && !opts.NoBacking)
@@ -446,6 +448,32 @@ public sealed partial class Qcow2Image : IDiskImage
         {
             CheckRange(offset, data.Length);
             BeginWrite();
+            try { WriteLocked(offset, data); }
+            catch (CorruptImageException) { MarkCorrupt(); throw; }
+        }
+    }
+
+    /// <summary>
+    /// Metadata found inconsistent while writing: set the corrupt bit (as QEMU does) so no writer touches the image
+    /// again until `check -r all` has repaired it. Best effort: the header write itself may fail.
+    /// </summary>
+    private void MarkCorrupt()
+    {
+        if (File.ReadOnly || Header.Version < 3) return;
+        try
+        {
+            Header.IncompatibleFeatures |= Qcow2Header.IncompatCorrupt;
+            Span<byte> b = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64BigEndian(b, Header.IncompatibleFeatures);
+            File.Write(72, b);
+            File.Flush();
+        }
+        catch (IOException) { }
+    }
+
+    private void WriteLocked(long offset, ReadOnlySpan<byte> data)
+    {
+        {
             int done = 0;
             while (done < data.Length)
             {
