@@ -171,7 +171,8 @@ internal static class ImgInfo
                 bool present = e.Kind != ExtentKind.Unallocated;
                 bool zero = e.Kind is ExtentKind.Zero or ExtentKind.Unallocated;
                 bool data = e.Kind is ExtentKind.Data or ExtentKind.Compressed;
-                long off = e.Kind == ExtentKind.Data ? e.HostOffset : -1;
+                // Like qemu: data has a host offset; raw holes keep theirs too (the file offset), qcow2 zero clusters have none.
+                long off = e.Kind != ExtentKind.Compressed && e.HostOffset >= 0 ? e.HostOffset : -1;
                 if (img.Format == "raw" || (img is Qcow2Image qq && qq.IsEncrypted)) { }
                 var depth = e.Depth;
                 if (!present) depth = ChainLength(img) - 1;

@@ -48,8 +48,8 @@ public sealed class RawImage : IDiskImage
         // Holes of a sparse file read as zeros: report them as such so convert/map can skip them (SEEK_DATA/SEEK_HOLE).
         long end = offset + length;
         long data = _file.Seek(offset, true);
-        if (data < 0 || data >= end) return new Extent(offset, length, ExtentKind.Zero, 0, -1, Path);
-        if (data > offset) return new Extent(offset, data - offset, ExtentKind.Zero, 0, -1, Path);
+        if (data < 0 || data >= end) return new Extent(offset, length, ExtentKind.Zero, 0, offset, Path);
+        if (data > offset) return new Extent(offset, data - offset, ExtentKind.Zero, 0, offset, Path);
         long hole = _file.Seek(offset, false);
         if (hole <= offset || hole > end) hole = end;
         return new Extent(offset, hole - offset, ExtentKind.Data, 0, offset, Path);
