@@ -211,14 +211,16 @@ public class SnapshotAndChainTests
         Qemu.Img("compare", "-F", "raw", d["a.qcow2"], d["ref.raw"]);
     }
 
-    [Fact]
-    public void MeasureMatchesQemu()
+    [Theory]
+    [InlineData("cluster_size=65536")]
+    [InlineData("extended_l2=on")]
+    public void MeasureMatchesQemu(string srcOpts)
     {
         using var d = new TempDir();
-        Qemu.Img("create", "-q", "-f", "qcow2", d["m.qcow2"], "64M");
+        Qemu.Img("create", "-q", "-f", "qcow2", "-o", srcOpts, d["m.qcow2"], "64M");
         Qemu.Io("-c", "write -P 1 0 3M", "-c", "write -P 2 10M 100k", "-c", "write -z 20M 1M", d["m.qcow2"]);
         using var img = Qcow2Image.Open(d["m.qcow2"], new Qcow2Image.OpenOptions { ReadOnly = true });
-        foreach (var (cs, rb) in new[] { (65536, 16), (4096, 1), (2 << 20, 64) })
+        foreach (var (cs, rb) in new[] { (65536, 16), (4096, 1), (2 << 20, 64), (512, 8) })
         {
             var (req, full) = ImageOps.MeasureQcow2(img, img.Size, cs, rb, false, 0);
             var q = Qemu.Img("measure", "--output", "json", "-O", "qcow2", "-o", $"cluster_size={cs},refcount_bits={rb}", d["m.qcow2"]);

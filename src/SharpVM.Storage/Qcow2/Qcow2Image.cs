@@ -821,8 +821,10 @@ public sealed partial class Qcow2Image : IDiskImage
         lock (_sync)
         {
             CheckRange(offset, length);
+            // Extended L2 images are classified per subcluster (each has its own state).
+            long step = 1L << SubBits;
             var first = ClassifyCluster(offset);
-            long pos = (offset >> ClusterBits << ClusterBits) + ClusterSize;
+            long pos = (offset >> SubBits << SubBits) + step;
             long len = Math.Min(pos, offset + length) - offset;
             if (first.Kind == ExtentKind.Unallocated && _backing != null && offset < _backing.Size)
             {
@@ -835,7 +837,7 @@ public sealed partial class Qcow2Image : IDiskImage
                 if (c.Kind != first.Kind) break;
                 if (first.HostOffset >= 0 && c.HostOffset != first.HostOffset + (pos - offset)) break;
                 if (first.Kind == ExtentKind.Unallocated && _backing != null) break;
-                long n = Math.Min(ClusterSize, offset + length - pos);
+                long n = Math.Min(step, offset + length - pos);
                 len += n; pos += n;
             }
             return new Extent(offset, len, first.Kind, 0, first.HostOffset, Path);
