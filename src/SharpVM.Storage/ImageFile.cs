@@ -1,0 +1,101 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace SharpVM.Storage;
+
+/// <summary>Positional I/O on the host file. Reads past end-of-file return zeros, as a sparse tail would.</summary>
+internal sealed class ImageFile : IDisposable
+{
+    private readonly SafeFileHandle _handle;
+    public string Path { get; }
+    public bool ReadOnly { get; }
+
+    public ImageFile(string path, bool readOnly, bool create = false)
+    {
+        Path = path;
+        ReadOnly = readOnly;
+        try
+        {
+            _handle = File.OpenHandle(path, create ? FileMode.CreateNew : FileMode.Open,
+                readOnly ? FileAccess.Read : FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DiskImageException($"cannot open '{path}': {e.Message}", e);
+        }
+    }
+
+    public long Length => RandomAccess.GetLength(_handle);
+
+    public void Read(long offset, Span<byte> buffer)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = RandomAccess.Read(_handle, buffer[done..], offset + done);
+            if (n <= 0) { buffer[done..].Clear(); return; }
+            done += n;
+        }
+    }
+
+    public void Write(long offset, ReadOnlySpan<byte> data)
+    {
+        if (ReadOnly) throw new ImageReadOnlyException($"'{Path}' is open read-only");
+        RandomAccess.Write(_handle, data, offset);
+    }
+
+    public void Flush()
+    {
+        if (!ReadOnly) RandomAccess.FlushToDisk(_handle);
+    }
+
+    public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
+
+    /// <summary>Deallocates a byte range so it reads as zeros; falls back to writing zeros.</summary>
+    public void PunchHole(long offset, long length)
+    {
+        const int FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
+        bool ok = false;
+        try { ok = fallocate((int)_handle.DangerousGetHandle(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0; }
+        catch (EntryPointNotFoundException) { }
+        catch (DllNotFoundException) { }
+        if (ok) return;
+        var zeros = new byte[Math.Min(length, 1 << 20)];
+        for (long done = 0; done < length; done += zeros.Length)
+            Write(offset + done, zeros.AsSpan(0, (int)Math.Min(zeros.Length, length - done)));
+    }
+
+    /// <summary>Bytes allocated on the host file system (st_blocks * 512).</summary>
+    public long AllocatedBytes
+    {
+        get
+        {
+            // struct stat on x86_64/aarch64 glibc: st_blocks lives at byte 64 (x86_64) / 64 (aarch64 generic layout).
+            var buf = new byte[256];
+            try
+            {
+                if (stat(Path, buf) != 0) return Length;
+            }
+            catch (EntryPointNotFoundException) { return Length; }
+            return BitConverter.ToInt64(buf, 64) * 512;
+        }
+    }
+
+    /// <summary>Next data (SEEK_DATA) or hole (SEEK_HOLE) at or after <paramref name="offset"/>; -1 when none / unsupported.</summary>
+    public long Seek(long offset, bool data)
+    {
+        try { return lseek((int)_handle.DangerousGetHandle(), offset, data ? 3 : 4); }
+        catch (EntryPointNotFoundException) { return data ? offset : Length; }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern long lseek(int fd, long offset, int whence);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int stat([MarshalAs(UnmanagedType.LPStr)] string path, byte[] buf);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int fallocate(int fd, int mode, long offset, long len);
+
+    public void Dispose() => _handle.Dispose();
+}
