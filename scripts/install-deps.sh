@@ -7,7 +7,7 @@ need_pkgs=()
 command -v dotnet >/dev/null || { echo "install-deps: the .NET 10 SDK (dotnet) is required and was not found on PATH" >&2; exit 1; }
 command -v gcc >/dev/null || need_pkgs+=(gcc)
 [ -f /usr/include/linux/kvm.h ] || need_pkgs+=(linux-libc-dev)
-command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
+{ command -v qemu-img && command -v qemu-io; } >/dev/null || need_pkgs+=(qemu-utils)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
