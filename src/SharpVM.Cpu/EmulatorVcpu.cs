@@ -21,7 +21,24 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
 
     internal readonly ulong[] Gpr = new ulong[16];
     internal ulong Rip;
-    internal ulong Rflags = 2;
+    /// <summary>RFLAGS. The arithmetic flags of the last ADD/SUB/CMP/logic operation are computed lazily.</summary>
+    internal ulong Rflags
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            if (_lazyOp != LazyNone) MaterializeFlags();
+            return _flags;
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        set
+        {
+            _flags = value;
+            _lazyOp = LazyNone;
+        }
+    }
+
+    private ulong _flags = 2;
     internal readonly Seg[] Sregs = new Seg[6];
     internal Seg Ldtr, Tr;
     internal ulong GdtBase, IdtBase;
