@@ -26,6 +26,11 @@ public sealed unsafe partial class EmulatorVcpu
                 _exitRequested = 0;
                 return new VcpuExit(VcpuExitReason.Interrupted);
             }
+            if ((_waitForSipi || _initPending != 0) && !HandleInitSipi())
+            {
+                _wake.Wait(1);
+                continue;
+            }
             try
             {
                 if (_halted)
@@ -99,7 +104,7 @@ public sealed unsafe partial class EmulatorVcpu
         var src = _intSource!;
         while (true)
         {
-            if (_exitRequested != 0) return false;
+            if (_exitRequested != 0 || _initPending != 0) return false;
             if (!_nmiBlocked && src.TakePendingNmi())
             {
                 _halted = false;

@@ -681,4 +681,25 @@ public sealed class SystemTests
         Assert.Equal(0x0603UL, r.Rsi & 0xFFFF);
         Assert.Equal(63UL, r.Rdi & 0xFFFF);
     }
+
+    [Fact]
+    public void ApplicationProcessorWaitsForInitSipi()
+    {
+        using var g = new TestGuest();
+        var ap = g.Vm.CreateEmulatorVcpu(1);
+        Assert.True(ap.WaitingForStartup);
+        // Trampoline at 0x9A000 (vector 0x9A): real mode, writes a marker and halts.
+        g.Load(0x9A000, a => { a.mov(ax, 0x1234); a.mov(__word_ptr[0x100], ax); a.hlt(); }, 16);
+        VcpuExit exit = default;
+        var t = new Thread(() => { ap.AttachToCurrentThread(); exit = ap.Run(new FakeIo()); });
+        t.Start();
+        Thread.Sleep(50);
+        Assert.True(ap.WaitingForStartup);
+        ap.Init();
+        ap.Startup(0x9A);
+        Assert.True(t.Join(5000));
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(0x9A00UL, (ulong)ap.GetSpecialRegisters().Cs.Selector);
+        Assert.Equal((ushort)0x1234, g.Memory.Read<ushort>(new GuestAddress(0x100))); // DS = 0 after INIT
+    }
 }
