@@ -34,7 +34,8 @@ internal static class FastOp
         MovsxRR = 23, MovsxRM = 24, Nop = 25,
         // Size-specialised forms of the most common operations (no width dispatch, no masking).
         MovRR64 = 26, MovRM64 = 27, MovMR64 = 28, MovRI64 = 29, AluRR64 = 30, AluRI64 = 31, AluRM64 = 32, Lea64 = 33,
-        MovRR32 = 34, AluRR32 = 35, AluRI32 = 36, MovRM32 = 37, MovMR32 = 38, MovRI32 = 39;
+        MovRR32 = 34, AluRR32 = 35, AluRI32 = 36, MovRM32 = 37, MovMR32 = 38, MovRI32 = 39,
+        IncR64 = 40, DecR64 = 41, IncR32 = 42, DecR32 = 43, ShiftRI64 = 44;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -89,7 +90,8 @@ public sealed unsafe partial class EmulatorVcpu
             {
                 FastOp.MovRR => FastOp.MovRR64, FastOp.MovRM => FastOp.MovRM64, FastOp.MovMR => FastOp.MovMR64,
                 FastOp.MovRI => FastOp.MovRI64, FastOp.AluRR => FastOp.AluRR64, FastOp.AluRI => FastOp.AluRI64,
-                FastOp.AluRM => FastOp.AluRM64, FastOp.Lea => FastOp.Lea64, _ => d.Op,
+                FastOp.AluRM => FastOp.AluRM64, FastOp.Lea => FastOp.Lea64, FastOp.IncR => FastOp.IncR64,
+                FastOp.DecR => FastOp.DecR64, FastOp.ShiftRI => FastOp.ShiftRI64, _ => d.Op,
             };
         }
         else if (osz == 4)
@@ -97,7 +99,8 @@ public sealed unsafe partial class EmulatorVcpu
             d.Op = d.Op switch
             {
                 FastOp.MovRR => FastOp.MovRR32, FastOp.AluRR => FastOp.AluRR32, FastOp.AluRI => FastOp.AluRI32,
-                FastOp.MovRM => FastOp.MovRM32, FastOp.MovMR => FastOp.MovMR32, FastOp.MovRI => FastOp.MovRI32, _ => d.Op,
+                FastOp.MovRM => FastOp.MovRM32, FastOp.MovMR => FastOp.MovMR32, FastOp.MovRI => FastOp.MovRI32,
+                FastOp.IncR => FastOp.IncR32, FastOp.DecR => FastOp.DecR32, _ => d.Op,
             };
         }
         return d;
@@ -302,6 +305,55 @@ public sealed unsafe partial class EmulatorVcpu
                 return true;
             }
             case FastOp.Lea64: G(d.Dst) = FastAddr(ref d); return true;
+            case FastOp.IncR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.IncR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.ShiftRI64:
+            {
+                int c = (int)(d.Imm & 63);
+                if (c == 0) return true;
+                ref ulong g = ref G(d.Dst);
+                ulong a = g, r;
+                bool cf, of;
+                switch (d.Alu)
+                {
+                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
+                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
+                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
+                }
+                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+                g = r;
+                return true;
+            }
             case FastOp.MovRR32: G(d.Dst) = (uint)G(d.Src); return true;
             case FastOp.MovRM32: G(d.Dst) = (uint)Read(FastLinear(ref d), 4); return true;
             case FastOp.MovMR32: Write(FastLinear(ref d), 4, (uint)G(d.Src)); return true;
