@@ -34,6 +34,10 @@ sealed class MiniPlatform : IVcpuIoHandler, IVcpuInterruptSource
 
     public int SerialBytes, PortAccesses, MmioAccesses, Interrupts;
 
+    /// <summary>Called once the kernel prints its final "reboot: ..." line (power off, halt or restart).</summary>
+    public Action? OnGuestStopped;
+    private readonly System.Text.StringBuilder _line = new();
+
     public Action? WakeUp { get; set; }
 
     private static long Now() => Stopwatch.GetTimestamp();
@@ -228,6 +232,12 @@ sealed class MiniPlatform : IVcpuIoHandler, IVcpuInterruptSource
                     _out.WriteByte(v);
                     _out.Flush();
                     SerialBytes++;
+                    if (v == '\n')
+                    {
+                        if (_line.ToString().Contains("reboot: ", StringComparison.Ordinal)) OnGuestStopped?.Invoke();
+                        _line.Clear();
+                    }
+                    else if (_line.Length < 200) _line.Append((char)v);
                 }
                 if ((_ier & 2) != 0) { _thrPending = true; Raise(4); }
                 return;

@@ -72,6 +72,7 @@ cpu.SetSpecialRegisters(s);
 cpu.SetRegisters(new Registers { Rip = LoadAddr + 0x200, Rsi = BootParams, Rsp = 0x8000, Rflags = 2 });
 
 var io = new MiniPlatform();
+io.OnGuestStopped = cpu.RequestExit;
 cpu.AttachInterruptSource(io);
 var timer = new Timer(_ => cpu.RequestExit(), null, TimeSpan.FromSeconds(seconds), Timeout.InfiniteTimeSpan);
 var sw = Stopwatch.StartNew();
