@@ -540,4 +540,102 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         if (mismatches > 0) output.WriteLine(report.ToString());
         Assert.True(mismatches == 0, $"{mismatches} mismatches in {failedForms.Count} forms:\n{report}");
     }
+
+    /// <summary>
+    /// Pairs of instructions (a flag producer, then any register-only instruction) check the lazy-flag
+    /// paths: condition codes, ADC/SBB, RCL/RCR and INC/DEC reading flags left pending by the first.
+    /// </summary>
+    [Fact]
+    public void InstructionPairsMatchTheHostCpu()
+    {
+        if (!NativeCpu.TryInit(out string? err))
+        {
+            output.WriteLine($"SKIPPED: {err}");
+            return;
+        }
+        var forms = EnumerateForms().Where(f => f.Rep == 0).ToList();
+        bool Usable(Form f)
+        {
+            var m = f.Code.ToOpCode().Mnemonic;
+            if (m is Mnemonic.Div or Mnemonic.Idiv) return false;
+            for (int n = 0; n < f.Code.ToOpCode().OpCount; n++)
+                if (f.Code.ToOpCode().GetOpKind(n) is OpCodeOperandKind.seg_rSI or OpCodeOperandKind.es_rDI or OpCodeOperandKind.seg_rBX_al) return false;
+            return true;
+        }
+        var first = forms.Where(Usable).ToList();
+        var second = forms.Where(f => Usable(f) && !f.Memory && Enumerable.Range(0, f.Code.ToOpCode().OpCount).All(n => f.Code.ToOpCode().GetOpKind(n) != OpCodeOperandKind.mem)).ToList();
+        // Bias towards flag producers followed by flag consumers, the paths lazy flags short-cut.
+        var producers = first.Where(f => f.Code.ToOpCode().Mnemonic is Mnemonic.Add or Mnemonic.Sub or Mnemonic.Cmp or Mnemonic.And
+            or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Test or Mnemonic.Inc or Mnemonic.Dec or Mnemonic.Neg).ToList();
+        var consumers = second.Where(f => f.Code.ToOpCode().Mnemonic.ToString() is var m && (m.StartsWith("Set", StringComparison.Ordinal)
+            || m.StartsWith("Cmov", StringComparison.Ordinal) || m is "Adc" or "Sbb" or "Rcl" or "Rcr" or "Inc" or "Dec" or "Cmc" or "Lahf")).ToList();
+        using var g = new TestGuest();
+        var rng = new Random(777);
+        var outRegs = new ulong[16];
+        var outXmm = new ulong[32];
+        int cases = 0, mismatches = 0;
+        var report = new StringBuilder();
+        for (int t = 0; t < 30000 && mismatches < 30; t++)
+        {
+            bool biased = rng.Next(10) < 7;
+            var a = Build(biased ? producers[rng.Next(producers.Count)] : first[rng.Next(first.Count)], rng);
+            if (a is null) continue;
+            if (RflagsToX86(a.Ins.RflagsUndefined) != 0 || ExtraUndefined(a, out bool du) != 0 || du) continue;
+            var bForm = biased ? consumers[rng.Next(consumers.Count)] : second[rng.Next(second.Count)];
+            var bc = Build(bForm, rng);
+            if (bc is null) continue;
+            // The second instruction runs on the state the first leaves; it only names registers.
+            var b = bc.Ins;
+            if (a.Base != Register.None && b.OpCount > 0 && Enumerable.Range(0, b.OpCount).Any(n => b.GetOpKind(n) == OpKind.Register && b.GetOpRegister(n).IsGPR() && RegTable.Index[(int)b.GetOpRegister(n)] == RegTable.Index[(int)a.Base]))
+                continue;
+            var code = a.Bytes.Concat(bc.Bytes).ToArray();
+            var full = code.Append((byte)0xF4).ToArray();
+            g.EnterLongMode();
+            g.Memory.Write(new GuestAddress(NativeCpu.DataAddr), a.Data);
+            g.Memory.Write(new GuestAddress(TestGuest.CodeAddr), full);
+            g.Cpu.SetRegisters(new Registers
+            {
+                Rax = a.Regs[0], Rcx = a.Regs[1], Rdx = a.Regs[2], Rbx = a.Regs[3], Rsp = TestGuest.StackTop, Rbp = a.Regs[5],
+                Rsi = a.Regs[6], Rdi = a.Regs[7], R8 = a.Regs[8], R9 = a.Regs[9], R10 = a.Regs[10], R11 = a.Regs[11],
+                R12 = a.Regs[12], R13 = a.Regs[13], R14 = a.Regs[14], R15 = a.Regs[15], Rip = TestGuest.CodeAddr, Rflags = a.Flags,
+            });
+            Array.Copy(a.Xmm, g.Cpu.Xmm, 32);
+            var exit = g.Run();
+            var er = g.Cpu.GetRegisters();
+            string name = $"{a.Ins} ; {b} bytes {Convert.ToHexString(code)}";
+            if (exit.Reason != VcpuExitReason.Halt || er.Rip != TestGuest.CodeAddr + (ulong)full.Length)
+            {
+                mismatches++;
+                report.AppendLine($"{name}: emulator exit {exit.Reason} {exit.Detail} rip={er.Rip:x} vector={g.Vector}");
+                continue;
+            }
+            a.Data.CopyTo(NativeCpu.Data);
+            NativeCpu.Run(code, a.Regs, a.Flags, a.Xmm, outRegs, out ulong nflags, outXmm);
+            cases++;
+            // Undefined flags of the second instruction (its own Iced data; shift counts come from the live state).
+            var bcase = new Case { Ins = b, Regs = outRegs.ToArray(), Data = a.Data };
+            ulong und = RflagsToX86(b.RflagsUndefined) | ExtraUndefined(bcase, out bool destUndef);
+            ulong fmask = (0x8D5UL | 0x400) & ~und;
+            var emuRegs = new[] { er.Rax, er.Rcx, er.Rdx, er.Rbx, er.Rsp, er.Rbp, er.Rsi, er.Rdi, er.R8, er.R9, er.R10, er.R11, er.R12, er.R13, er.R14, er.R15 };
+            var diffs = new List<string>();
+            for (int k = 0; k < 16; k++)
+            {
+                if (k == 4) continue;
+                if (destUndef && b.Op0Kind == OpKind.Register && RegTable.Index[(int)b.Op0Register] == k) continue;
+                if (emuRegs[k] != outRegs[k]) diffs.Add($"{NativeCpu.Gprs[k]} emu={emuRegs[k]:x} host={outRegs[k]:x}");
+            }
+            if ((er.Rflags & fmask) != (nflags & fmask)) diffs.Add($"flags emu={er.Rflags & fmask:x} host={nflags & fmask:x} mask={fmask:x}");
+            for (int k = 0; k < 32; k++)
+                if (g.Cpu.Xmm[k] != outXmm[k]) { diffs.Add($"xmm{k / 2}.{k % 2} emu={g.Cpu.Xmm[k]:x} host={outXmm[k]:x}"); break; }
+            if (!g.Memory.GetSpan(new GuestAddress(NativeCpu.DataAddr), NativeCpu.DataSize).SequenceEqual(NativeCpu.Data)) diffs.Add("memory differs");
+            if (diffs.Count > 0)
+            {
+                mismatches++;
+                report.AppendLine($"{name}: {string.Join("; ", diffs)}");
+            }
+        }
+        output.WriteLine($"Instruction pairs: {cases} compared with the host, {mismatches} mismatches.");
+        Console.WriteLine($"[SharpVM.Cpu differential] instruction pairs: {cases}; mismatches: {mismatches}");
+        Assert.True(mismatches == 0, report.ToString());
+    }
 }
