@@ -142,7 +142,11 @@ public sealed unsafe partial class EmulatorVcpu
         if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
         {
             int vector = src.AcknowledgeInterrupt();
-            if (vector >= 0 && vector < 256) DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            if (vector >= 0 && vector < 256)
+            {
+                InterruptsDelivered++;
+                DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            }
             _irqHint = true;
         }
     }
