@@ -237,6 +237,8 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn2 = ulong.MaxValue;
     }
 
+    // SAFETY: code points into a RAM page at the block's start; Len1 <= bytes to the page end (the
+    // decoder only read that far), and the second page is re-translated before it is read.
     private bool Verify(Block b, byte* code, ulong la)
     {
         if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.Bytes.AsSpan(0, b.Len1))) return false;
