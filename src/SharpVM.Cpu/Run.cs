@@ -42,7 +42,7 @@ public sealed unsafe partial class EmulatorVcpu
                     }
                     if (!WaitWhileHalted()) continue;
                 }
-                if (_irqHint || (++_blockCounter & 15) == 0)
+                if (_irqHint || (++_blockCounter & 63) == 0)
                 {
                     FaultRip = Rip;
                     CheckInterrupts();
