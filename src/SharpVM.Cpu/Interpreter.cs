@@ -397,6 +397,18 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Aaa: case Mnemonic.Aas: case Mnemonic.Daa: case Mnemonic.Das: case Mnemonic.Aam: case Mnemonic.Aad:
                 ExecBcd(ref i);
                 break;
+            case Mnemonic.Arpl:
+            {
+                if (!Protected || (Rflags & Flags.VM) != 0) throw UD();
+                ulong dst = ReadOp(ref i, 0, 2), src = GetReg(i.Op1Register);
+                if ((dst & 3) < (src & 3))
+                {
+                    WriteOp0(ref i, 2, (dst & ~3UL) | (src & 3));
+                    Rflags |= Flags.ZF;
+                }
+                else Rflags &= ~Flags.ZF;
+                break;
+            }
             case Mnemonic.Salc:
                 SetGpr(0, 1, (Rflags & Flags.CF) != 0 ? 0xFFUL : 0);
                 break;
@@ -584,6 +596,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     // ---------- atomics on guest RAM ----------
 
+    // SAFETY: p comes from WritablePointer(la, sz), so sz bytes at p are inside one RAM page.
     private static ulong LoadRaw(byte* p, int sz) => sz switch
     {
         1 => Volatile.Read(ref *p),
@@ -1079,6 +1092,7 @@ public sealed unsafe partial class EmulatorVcpu
         byte* dst = WritablePointer(dla, (int)chunk);
         if (dst == null) return false;
         if (dst > src && dst < src + chunk) return false;
+        // SAFETY: chunk bytes fit in both pages (chunk <= bytes to each page end) and both are RAM.
         Buffer.MemoryCopy(src, dst, chunk, chunk);
         SetGpr(6, asz, si + chunk); SetGpr(7, asz, di + chunk);
         SetGpr(1, asz, count - chunk);

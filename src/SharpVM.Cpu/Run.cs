@@ -26,6 +26,12 @@ public sealed unsafe partial class EmulatorVcpu
                 _exitRequested = 0;
                 return new VcpuExit(VcpuExitReason.Interrupted);
             }
+            // Without a local APIC, INIT/SIPI come through Init()/Startup(); with one, through ServiceStartup below.
+            if (_apic is null && (_waitForSipi || _initPending != 0) && !HandleInitSipi())
+            {
+                _wake.Wait(1);
+                continue;
+            }
             try
             {
                 if (_apic is not null && ServiceStartup()) continue;
@@ -38,7 +44,7 @@ public sealed unsafe partial class EmulatorVcpu
                     }
                     if (!WaitWhileHalted()) continue;
                 }
-                if (_irqHint || (++_blockCounter & 15) == 0)
+                if (_irqHint || (++_blockCounter & 63) == 0)
                 {
                     FaultRip = Rip;
                     CheckInterrupts();
@@ -101,7 +107,7 @@ public sealed unsafe partial class EmulatorVcpu
         var src = _intSource!;
         while (true)
         {
-            if (_exitRequested != 0) return false;
+            if (_exitRequested != 0 || _initPending != 0) return false;
             if (PollInitWhileHalted()) return false;
             if (!_nmiBlocked && src.TakePendingNmi())
             {
@@ -140,7 +146,11 @@ public sealed unsafe partial class EmulatorVcpu
         if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
         {
             int vector = src.AcknowledgeInterrupt();
-            if (vector >= 0 && vector < 256) DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            if (vector >= 0 && vector < 256)
+            {
+                InterruptsDelivered++;
+                DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            }
             _irqHint = true;
         }
     }
@@ -232,6 +242,8 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn2 = ulong.MaxValue;
     }
 
+    // SAFETY: code points into a RAM page at the block's start; Len1 <= bytes to the page end (the
+    // decoder only read that far), and the second page is re-translated before it is read.
     private bool Verify(Block b, byte* code, ulong la)
     {
         if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.Bytes.AsSpan(0, b.Len1))) return false;

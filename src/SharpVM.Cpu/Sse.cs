@@ -113,6 +113,31 @@ public sealed unsafe partial class EmulatorVcpu
                 if (i.Op0Kind == OpKind.Register) SetGpr(0, 2, Fsw);
                 else Write(MemAddr(ref i), 2, Fsw);
                 return;
+            case Mnemonic.Fnstenv:
+            {
+                // 32/64-bit protected-mode layout (28 bytes); instruction/operand pointers are not tracked.
+                CheckFpu();
+                ulong la = MemAddr(ref i);
+                Read(la + 27, 1, NeedW);
+                ushort tag = 0;
+                for (int k = 0; k < 8; k++) if (((Ftw >> k) & 1) == 0) tag |= (ushort)(3 << (2 * k));
+                Write(la, 4, Fcw); Write(la + 4, 4, Fsw); Write(la + 8, 4, tag);
+                for (ulong o = 12; o < 28; o += 4) Write(la + o, 4, 0);
+                Fcw |= 0x3F; // FNSTENV masks all exceptions
+                return;
+            }
+            case Mnemonic.Fldenv:
+            {
+                CheckFpu();
+                ulong la = MemAddr(ref i);
+                Fcw = (ushort)Read(la, 2);
+                Fsw = (ushort)Read(la + 4, 2);
+                uint tag = (uint)Read(la + 8, 2);
+                byte abridged = 0;
+                for (int k = 0; k < 8; k++) if (((tag >> (2 * k)) & 3) != 3) abridged |= (byte)(1 << k);
+                Ftw = abridged;
+                return;
+            }
             case Mnemonic.Fnclex:
                 CheckFpu();
                 Fsw &= 0x7F00;
@@ -456,16 +481,16 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Minss: r = Sse.MinScalar(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Maxss: r = Sse.MaxScalar(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Sqrtss: r = Sse.SqrtScalar(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
-            case Mnemonic.Addpd: r = Sse2.Add(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
+            case Mnemonic.Addpd: r = X86NaN(Sse2.Add(x0.AsDouble(), x1.AsDouble()), x0.AsDouble(), x1.AsDouble()).AsByte(); break;
             case Mnemonic.Subpd: r = Sse2.Subtract(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
-            case Mnemonic.Mulpd: r = Sse2.Multiply(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
+            case Mnemonic.Mulpd: r = X86NaN(Sse2.Multiply(x0.AsDouble(), x1.AsDouble()), x0.AsDouble(), x1.AsDouble()).AsByte(); break;
             case Mnemonic.Divpd: r = Sse2.Divide(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
             case Mnemonic.Minpd: r = Sse2.Min(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
             case Mnemonic.Maxpd: r = Sse2.Max(x0.AsDouble(), x1.AsDouble()).AsByte(); break;
             case Mnemonic.Sqrtpd: r = Sse2.Sqrt(x1.AsDouble()).AsByte(); break;
-            case Mnemonic.Addps: r = Sse.Add(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
+            case Mnemonic.Addps: r = X86NaN(Sse.Add(x0.AsSingle(), x1.AsSingle()), x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Subps: r = Sse.Subtract(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
-            case Mnemonic.Mulps: r = Sse.Multiply(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
+            case Mnemonic.Mulps: r = X86NaN(Sse.Multiply(x0.AsSingle(), x1.AsSingle()), x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Divps: r = Sse.Divide(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Minps: r = Sse.Min(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
             case Mnemonic.Maxps: r = Sse.Max(x0.AsSingle(), x1.AsSingle()).AsByte(); break;
@@ -487,6 +512,29 @@ public sealed unsafe partial class EmulatorVcpu
                 throw new CpuUnimplemented($"unimplemented instruction {i.Code} ({i})");
         }
         SetXmm(dst, r);
+    }
+
+    // The JIT treats packed Add/Multiply as commutative and may swap their operands, which changes
+    // which NaN comes out. x86 is exact: a NaN lane yields the first operand's NaN if it has one,
+    // else the second's, quieted. These re-impose that on every lane with a NaN input.
+    private static Vector128<float> X86NaN(Vector128<float> r, Vector128<float> a, Vector128<float> b)
+    {
+        if (Sse.MoveMask(Sse.CompareUnordered(a, b)) == 0) return r;
+        var quiet = Vector128.Create(0x0040_0000u).AsSingle();
+        var aNaN = Sse.CompareUnordered(a, a);
+        var bNaN = Sse.CompareUnordered(b, b);
+        var fromB = Sse.Or(Sse.And(bNaN, Sse.Or(b, quiet)), Sse.AndNot(bNaN, r));
+        return Sse.Or(Sse.And(aNaN, Sse.Or(a, quiet)), Sse.AndNot(aNaN, fromB));
+    }
+
+    private static Vector128<double> X86NaN(Vector128<double> r, Vector128<double> a, Vector128<double> b)
+    {
+        if (Sse2.MoveMask(Sse2.CompareUnordered(a, b)) == 0) return r;
+        var quiet = Vector128.Create(0x0008_0000_0000_0000UL).AsDouble();
+        var aNaN = Sse2.CompareUnordered(a, a);
+        var bNaN = Sse2.CompareUnordered(b, b);
+        var fromB = Sse2.Or(Sse2.And(bNaN, Sse2.Or(b, quiet)), Sse2.AndNot(bNaN, r));
+        return Sse2.Or(Sse2.And(aNaN, Sse2.Or(a, quiet)), Sse2.AndNot(aNaN, fromB));
     }
 
     private static Vector128<byte> Compare(Mnemonic mn, int pred, Vector128<byte> a, Vector128<byte> b)

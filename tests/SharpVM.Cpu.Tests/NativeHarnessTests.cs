@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 
 namespace SharpVM.Cpu.Tests;
 
+[Collection(NativeCpuCollection.Name)]
 public sealed class NativeHarnessTests(ITestOutputHelper output)
 {
     [Fact]
