@@ -38,6 +38,9 @@ public sealed partial class EmulatorVcpu
         _irqHint = true;
     }
 
+    private const uint MsrTscAdjust = 0x3B;
+    private long _tscAdjust;
+
     private static bool IsApicMsr(uint index) => index is 0x1B or 0x6E0 or (>= 0x800 and <= 0x8FF);
 
     /// <summary>RDMSR of an APIC MSR goes to the local APIC (when there is one). Returns true if handled.</summary>
@@ -45,6 +48,12 @@ public sealed partial class EmulatorVcpu
     {
         value = 0;
         ok = false;
+        if (index == MsrTscAdjust)
+        {
+            value = (ulong)_tscAdjust;
+            ok = true;
+            return true;
+        }
         var apic = _apic;
         if (apic is null || !IsApicMsr(index)) return false;
         ok = apic.TryReadMsr(index, out value);
@@ -56,15 +65,19 @@ public sealed partial class EmulatorVcpu
     {
         ok = false;
         var apic = _apic;
-        if (apic is null) return false;
-        if (index == 0x10)
+        if (index is 0x10 or MsrTscAdjust)
         {
+            // IA32_TSC_ADJUST follows writes to the TSC and moves it by the change written to it (SDM 17.17.3).
+            ulong before = ReadTsc();
+            if (index == 0x10) WriteTsc(value);
+            else WriteTsc(before + (value - (ulong)_tscAdjust));
+            _tscAdjust += index == 0x10 ? (long)(value - before) : (long)value - _tscAdjust;
             // The TSC moved: an armed TSC deadline must be re-evaluated.
-            WriteTsc(value);
-            apic.OnTscChanged();
+            apic?.OnTscChanged();
             ok = true;
             return true;
         }
+        if (apic is null) return false;
         if (!IsApicMsr(index)) return false;
         ok = apic.TryWriteMsr(index, value);
         if (ok && index == 0x1B) ApicBase = value;
