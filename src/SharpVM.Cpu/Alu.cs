@@ -16,7 +16,65 @@ public sealed unsafe partial class EmulatorVcpu
         if (r == 0) f |= Flags.ZF;
         if ((r & Bits.SignBit(sz)) != 0) f |= Flags.SF;
         f |= Bits.ParityTable[(byte)r];
-        Rflags = (Rflags & ~Flags.Arith) | f;
+        // All arithmetic flags are replaced: no need to materialize a pending lazy state first.
+        _flags = (_flags & ~Flags.Arith) | f;
+        _lazyOp = LazyNone;
+    }
+
+    // Lazy flags: the operands and result of the last flag-setting ADD, SUB/CMP or logic operation.
+    private const int LazyNone = 0, LazyAdd = 1, LazySub = 2, LazyLogic = 3, LazyInc = 4, LazyDec = 5;
+
+    /// <summary>CF of the pending lazy state (or of RFLAGS) without materializing the rest.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong CarryFlag() => _lazyOp switch
+    {
+        LazyNone => _flags & Flags.CF,
+        LazyAdd => _lazyR < _lazyA ? 1UL : 0,
+        LazySub => _lazyA < _lazyB ? 1UL : 0,
+        LazyLogic => 0,
+        _ => _lazyB,
+    };
+    private int _lazyOp;
+    private int _lazySz;
+    private ulong _lazyA, _lazyB, _lazyR;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void SetLazy(int op, ulong a, ulong b, ulong r, int sz)
+    {
+        _lazyOp = op; _lazyA = a; _lazyB = b; _lazyR = r; _lazySz = sz;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void MaterializeFlags()
+    {
+        ulong a = _lazyA, b = _lazyB, r = _lazyR;
+        int sz = _lazySz;
+        ulong sb = Bits.SignBit(sz);
+        ulong f = 0;
+        switch (_lazyOp)
+        {
+            case LazyAdd:
+                if (r < a) f |= Flags.CF;
+                if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            case LazySub:
+                if (a < b) f |= Flags.CF;
+                if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            case LazyInc:
+            case LazyDec:
+                f |= b; // saved CF
+                if (_lazyOp == LazyInc ? r == sb : a == sb) f |= Flags.OF;
+                f |= (a ^ r ^ 1) & Flags.AF;
+                break;
+        }
+        if (r == 0) f |= Flags.ZF;
+        if ((r & sb) != 0) f |= Flags.SF;
+        f |= Bits.ParityTable[(byte)r];
+        _flags = (_flags & ~Flags.Arith) | f;
+        _lazyOp = LazyNone;
     }
 
     /// <summary>The eight classic ALU operations plus TEST; sets the arithmetic flags exactly.</summary>
@@ -30,13 +88,11 @@ public sealed unsafe partial class EmulatorVcpu
         {
             case OpAdd:
                 r = (a + b) & m;
-                if (r < a) f |= Flags.CF;
-                if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
-                f |= (a ^ b ^ r) & Flags.AF;
-                break;
+                SetLazy(LazyAdd, a, b, r, sz);
+                return r;
             case OpAdc:
             {
-                ulong c = Rflags & 1;
+                ulong c = CarryFlag();
                 r = (a + b + c) & m;
                 if (r < a || (c != 0 && r == a)) f |= Flags.CF;
                 if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
@@ -46,13 +102,11 @@ public sealed unsafe partial class EmulatorVcpu
             case OpSub:
             case OpCmp:
                 r = (a - b) & m;
-                if (a < b) f |= Flags.CF;
-                if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
-                f |= (a ^ b ^ r) & Flags.AF;
-                break;
+                SetLazy(LazySub, a, b, r, sz);
+                return r;
             case OpSbb:
             {
-                ulong c = Rflags & 1;
+                ulong c = CarryFlag();
                 r = (a - b - c) & m;
                 if (a < b || (c != 0 && a == b)) f |= Flags.CF;
                 if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
@@ -62,27 +116,28 @@ public sealed unsafe partial class EmulatorVcpu
             case OpAnd:
             case OpTest:
                 r = a & b;
-                break;
+                SetLazy(LazyLogic, a, b, r, sz);
+                return r;
             case OpOr:
                 r = a | b;
-                break;
+                SetLazy(LazyLogic, a, b, r, sz);
+                return r;
             default:
                 r = a ^ b;
-                break;
+                SetLazy(LazyLogic, a, b, r, sz);
+                return r;
         }
         SetSzp(r, sz, f);
         return r;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ulong IncDec(ulong a, int sz, bool dec)
     {
-        ulong m = Bits.Mask(sz), sb = Bits.SignBit(sz);
+        ulong m = Bits.Mask(sz);
         a &= m;
         ulong r = (dec ? a - 1 : a + 1) & m;
-        ulong f = Rflags & Flags.CF;
-        if (dec ? a == sb : r == sb) f |= Flags.OF;
-        f |= (a ^ r ^ 1) & Flags.AF;
-        SetSzp(r, sz, f);
+        SetLazy(dec ? LazyDec : LazyInc, a, CarryFlag(), r, sz);
         return r;
     }
 
@@ -108,7 +163,6 @@ public sealed unsafe partial class EmulatorVcpu
         int count = (int)(countRaw & (sz == 8 ? 63u : 31u));
         if (count == 0) return a;
         ulong r;
-        ulong f = Rflags;
         bool cf, of;
         switch (mn)
         {
@@ -152,7 +206,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Rcl:
             {
                 int c = sz == 1 ? count % 9 : sz == 2 ? count % 17 : count;
-                cf = (f & Flags.CF) != 0;
+                cf = CarryFlag() != 0;
                 r = a;
                 for (int k = 0; k < c; k++)
                 {
@@ -166,7 +220,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Rcr:
             {
                 int c = sz == 1 ? count % 9 : sz == 2 ? count % 17 : count;
-                cf = (f & Flags.CF) != 0;
+                cf = CarryFlag() != 0;
                 of = ((a & sb) != 0) ^ cf;
                 r = a;
                 for (int k = 0; k < c; k++)
@@ -180,7 +234,7 @@ public sealed unsafe partial class EmulatorVcpu
             default:
                 throw UD();
         }
-        f &= ~(Flags.CF | Flags.OF);
+        ulong f = Rflags & ~(Flags.CF | Flags.OF);
         if (cf) f |= Flags.CF;
         if (of) f |= Flags.OF;
         Rflags = f;
@@ -231,6 +285,47 @@ public sealed unsafe partial class EmulatorVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool Cond(ConditionCode cc)
     {
+        // Common compare-and-branch pairs straight from the lazy state.
+        int lop = _lazyOp;
+        if (lop == LazySub)
+        {
+            ulong a = _lazyA, b = _lazyB;
+            switch (cc)
+            {
+                case ConditionCode.e: return a == b;
+                case ConditionCode.ne: return a != b;
+                case ConditionCode.b: return a < b;
+                case ConditionCode.ae: return a >= b;
+                case ConditionCode.be: return a <= b;
+                case ConditionCode.a: return a > b;
+                case ConditionCode.l: return Bits.SignExtend(a, _lazySz) < Bits.SignExtend(b, _lazySz);
+                case ConditionCode.ge: return Bits.SignExtend(a, _lazySz) >= Bits.SignExtend(b, _lazySz);
+                case ConditionCode.le: return Bits.SignExtend(a, _lazySz) <= Bits.SignExtend(b, _lazySz);
+                case ConditionCode.g: return Bits.SignExtend(a, _lazySz) > Bits.SignExtend(b, _lazySz);
+            }
+        }
+        else if (lop >= LazyInc)
+        {
+            ulong r = _lazyR;
+            switch (cc)
+            {
+                case ConditionCode.e: return r == 0;
+                case ConditionCode.ne: return r != 0;
+                case ConditionCode.s: return (r & Bits.SignBit(_lazySz)) != 0;
+                case ConditionCode.ns: return (r & Bits.SignBit(_lazySz)) == 0;
+            }
+        }
+        else if (lop == LazyLogic)
+        {
+            ulong r = _lazyR;
+            switch (cc)
+            {
+                case ConditionCode.e: return r == 0;
+                case ConditionCode.ne: return r != 0;
+                case ConditionCode.s: case ConditionCode.l: return (r & Bits.SignBit(_lazySz)) != 0;
+                case ConditionCode.ns: case ConditionCode.ge: return (r & Bits.SignBit(_lazySz)) == 0;
+            }
+        }
         ulong f = Rflags;
         return cc switch
         {

@@ -21,7 +21,24 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
 
     internal readonly ulong[] Gpr = new ulong[16];
     internal ulong Rip;
-    internal ulong Rflags = 2;
+    /// <summary>RFLAGS. The arithmetic flags of the last ADD/SUB/CMP/logic operation are computed lazily.</summary>
+    internal ulong Rflags
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            if (_lazyOp != LazyNone) MaterializeFlags();
+            return _flags;
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        set
+        {
+            _flags = value;
+            _lazyOp = LazyNone;
+        }
+    }
+
+    private ulong _flags = 2;
     internal readonly Seg[] Sregs = new Seg[6];
     internal Seg Ldtr, Tr;
     internal ulong GdtBase, IdtBase;
@@ -57,6 +74,10 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     private bool _interruptShadow;
     private bool _nmiBlocked;
     private bool _halted;
+    // INIT/SIPI: an application processor waits for a startup IPI after INIT (and from creation).
+    private bool _waitForSipi;
+    private volatile int _initPending;
+    private volatile int _sipiVector = -1;
     private List<CpuidEntry>? _cpuidOverride;
 
     /// <summary>Instructions retired so far (for benchmarks and statistics).</summary>
@@ -72,6 +93,56 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         ApicBase = 0xFEE00000UL | 0x800 | (id == 0 ? 0x100UL : 0);
         InitTlb();
         Reset();
+        _waitForSipi = id != 0;
+    }
+
+    /// <summary>
+    /// From any thread (the local APIC, for an INIT IPI): the vCPU goes to its INIT state (real mode,
+    /// registers reset, TLB flushed) and then waits for <see cref="Startup"/>. Memory-type and MSR state
+    /// that INIT keeps (EFER cleared, APIC base kept) follow the SDM.
+    /// </summary>
+    public void Init()
+    {
+        _initPending = 1;
+        Wake();
+    }
+
+    /// <summary>From any thread (a startup IPI): a vCPU waiting after INIT starts in real mode at vector * 0x1000.</summary>
+    public void Startup(byte vector)
+    {
+        _sipiVector = vector;
+        Wake();
+    }
+
+    /// <summary>True while the vCPU waits for a startup IPI (application processors until started).</summary>
+    public bool WaitingForStartup => _waitForSipi;
+
+    /// <summary>Handles pending INIT/SIPI; returns true if the vCPU may run guest code.</summary>
+    private bool HandleInitSipi()
+    {
+        if (_initPending != 0)
+        {
+            _initPending = 0;
+            Array.Clear(Gpr);
+            Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Efer = 0;
+            GdtBase = 0; GdtLimit = 0xFFFF; IdtBase = 0; IdtLimit = 0x3FF;
+            _halted = false;
+            _nmiBlocked = false;
+            Reset();
+            FlushTlb(true);
+            _waitForSipi = true;
+        }
+        if (_waitForSipi)
+        {
+            int v = _sipiVector;
+            if (v < 0) return false;
+            _sipiVector = -1;
+            _waitForSipi = false;
+            Sregs[CS] = new Seg { Base = (ulong)v << 12, Limit = 0xFFFF, Sel = (ushort)(v << 8), Attr = 0x9B };
+            Rip = 0;
+            UpdateMode();
+        }
+        return true;
     }
 
     /// <summary>Power-on state: real mode at F000:FFF0.</summary>
@@ -130,6 +201,7 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         g[8] = r.R8; g[9] = r.R9; g[10] = r.R10; g[11] = r.R11; g[12] = r.R12; g[13] = r.R13; g[14] = r.R14; g[15] = r.R15;
         Rip = r.Rip;
         Rflags = (r.Rflags & 0x3F7FD7) | 2;
+        _waitForSipi = false; // the VMM set this vCPU up itself
         _irqHint = true;
     }
 
@@ -186,7 +258,9 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         return phys;
     }
 
-    public void Dispose() => _wake.Dispose();
+    // The semaphore is not disposed: other threads (interrupt sources, RequestExit) may still signal it,
+    // and a SemaphoreSlim without a wait handle holds no OS resources.
+    public void Dispose() => _intSource = null;
 
     internal const ulong Cr0Pe = 1, Cr0Mp = 2, Cr0Em = 4, Cr0Ts = 8, Cr0Wp = 1UL << 16, Cr0Pg = 1UL << 31;
     internal const ulong Cr4Pse = 0x10, Cr4Pae = 0x20, Cr4Pge = 0x80, Cr4Osfxsr = 0x200;

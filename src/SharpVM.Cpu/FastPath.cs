@@ -31,7 +31,11 @@ internal static class FastOp
     public const byte None = 0, MovRR = 1, MovRM = 2, MovMR = 3, MovRI = 4, MovMI = 5,
         AluRR = 6, AluRM = 7, AluMR = 8, AluRI = 9, AluMI = 10, Lea = 11, IncR = 12, DecR = 13,
         Jcc = 14, Jmp = 15, Call = 16, Ret = 17, Push = 18, Pop = 19, ShiftRI = 20, MovzxRR = 21, MovzxRM = 22,
-        MovsxRR = 23, MovsxRM = 24, Nop = 25;
+        MovsxRR = 23, MovsxRM = 24, Nop = 25,
+        // Size-specialised forms of the most common operations (no width dispatch, no masking).
+        MovRR64 = 26, MovRM64 = 27, MovMR64 = 28, MovRI64 = 29, AluRR64 = 30, AluRI64 = 31, AluRM64 = 32, Lea64 = 33,
+        MovRR32 = 34, AluRR32 = 35, AluRI32 = 36, MovRM32 = 37, MovMR32 = 38, MovRI32 = 39,
+        IncR64 = 40, DecR64 = 41, IncR32 = 42, DecR32 = 43, ShiftRI64 = 44;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -77,6 +81,32 @@ public sealed unsafe partial class EmulatorVcpu
 
     /// <summary>Classifies an instruction for the fast path (see <see cref="DInsn"/>).</summary>
     internal static DInsn Predecode(in Instruction i, int osz, int asz, int bitness)
+    {
+        var d = PredecodeGeneric(i, osz, asz, bitness);
+        if (d.DstHigh || d.SrcHigh) return d;
+        if (osz == 8)
+        {
+            d.Op = d.Op switch
+            {
+                FastOp.MovRR => FastOp.MovRR64, FastOp.MovRM => FastOp.MovRM64, FastOp.MovMR => FastOp.MovMR64,
+                FastOp.MovRI => FastOp.MovRI64, FastOp.AluRR => FastOp.AluRR64, FastOp.AluRI => FastOp.AluRI64,
+                FastOp.AluRM => FastOp.AluRM64, FastOp.Lea => FastOp.Lea64, FastOp.IncR => FastOp.IncR64,
+                FastOp.DecR => FastOp.DecR64, FastOp.ShiftRI => FastOp.ShiftRI64, _ => d.Op,
+            };
+        }
+        else if (osz == 4)
+        {
+            d.Op = d.Op switch
+            {
+                FastOp.MovRR => FastOp.MovRR32, FastOp.AluRR => FastOp.AluRR32, FastOp.AluRI => FastOp.AluRI32,
+                FastOp.MovRM => FastOp.MovRM32, FastOp.MovMR => FastOp.MovMR32, FastOp.MovRI => FastOp.MovRI32,
+                FastOp.IncR => FastOp.IncR32, FastOp.DecR => FastOp.DecR32, _ => d.Op,
+            };
+        }
+        return d;
+    }
+
+    private static DInsn PredecodeGeneric(in Instruction i, int osz, int asz, int bitness)
     {
         var d = new DInsn { Size = (byte)osz, ASize = (byte)asz, Ip = i.IP, NextIp = i.NextIP, Dst = -1, Src = -1, Base = -1, Index = -1 };
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return d;
@@ -215,6 +245,36 @@ public sealed unsafe partial class EmulatorVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ulong FastLinear(ref DInsn d) => Linear(d.Seg, FastAddr(ref d));
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong Alu64(int op, ulong a, ulong b)
+    {
+        ulong r;
+        switch (op)
+        {
+            case OpAdd: r = a + b; SetLazy(LazyAdd, a, b, r, 8); return r;
+            case OpSub: case OpCmp: r = a - b; SetLazy(LazySub, a, b, r, 8); return r;
+            case OpAnd: case OpTest: r = a & b; SetLazy(LazyLogic, a, b, r, 8); return r;
+            case OpOr: r = a | b; SetLazy(LazyLogic, a, b, r, 8); return r;
+            case OpXor: r = a ^ b; SetLazy(LazyLogic, a, b, r, 8); return r;
+            default: return Alu(op, a, b, 8);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private uint Alu32(int op, uint a, uint b)
+    {
+        uint r;
+        switch (op)
+        {
+            case OpAdd: r = a + b; SetLazy(LazyAdd, a, b, r, 4); return r;
+            case OpSub: case OpCmp: r = a - b; SetLazy(LazySub, a, b, r, 4); return r;
+            case OpAnd: case OpTest: r = a & b; SetLazy(LazyLogic, a, b, r, 4); return r;
+            case OpOr: r = a | b; SetLazy(LazyLogic, a, b, r, 4); return r;
+            case OpXor: r = a ^ b; SetLazy(LazyLogic, a, b, r, 4); return r;
+            default: return (uint)Alu(op, a, b, 4);
+        }
+    }
+
     /// <summary>Executes a pre-decoded instruction; false if it has no fast handler.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool ExecFast(ref DInsn d)
@@ -222,6 +282,94 @@ public sealed unsafe partial class EmulatorVcpu
         int sz = d.Size;
         switch (d.Op)
         {
+            case FastOp.MovRR64: G(d.Dst) = G(d.Src); return true;
+            case FastOp.MovRM64: G(d.Dst) = Read(FastLinear(ref d), 8); return true;
+            case FastOp.MovMR64: Write(FastLinear(ref d), 8, G(d.Src)); return true;
+            case FastOp.MovRI64: G(d.Dst) = d.Imm; return true;
+            case FastOp.AluRR64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRI64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRM64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), Read(FastLinear(ref d), 8));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.Lea64: G(d.Dst) = FastAddr(ref d); return true;
+            case FastOp.IncR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.IncR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.ShiftRI64:
+            {
+                int c = (int)(d.Imm & 63);
+                if (c == 0) return true;
+                ref ulong g = ref G(d.Dst);
+                ulong a = g, r;
+                bool cf, of;
+                switch (d.Alu)
+                {
+                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
+                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
+                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
+                }
+                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+                g = r;
+                return true;
+            }
+            case FastOp.MovRR32: G(d.Dst) = (uint)G(d.Src); return true;
+            case FastOp.MovRM32: G(d.Dst) = (uint)Read(FastLinear(ref d), 4); return true;
+            case FastOp.MovMR32: Write(FastLinear(ref d), 4, (uint)G(d.Src)); return true;
+            case FastOp.MovRI32: G(d.Dst) = (uint)d.Imm; return true;
+            case FastOp.AluRR32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRI32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
             case FastOp.MovRR: SetR(d.Dst, d.DstHigh, sz, GetR(d.Src, d.SrcHigh, sz)); return true;
             case FastOp.MovRM: SetR(d.Dst, d.DstHigh, sz, Read(FastLinear(ref d), sz)); return true;
             case FastOp.MovMR: Write(FastLinear(ref d), sz, GetR(d.Src, d.SrcHigh, sz)); return true;

@@ -397,6 +397,18 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Aaa: case Mnemonic.Aas: case Mnemonic.Daa: case Mnemonic.Das: case Mnemonic.Aam: case Mnemonic.Aad:
                 ExecBcd(ref i);
                 break;
+            case Mnemonic.Arpl:
+            {
+                if (!Protected || (Rflags & Flags.VM) != 0) throw UD();
+                ulong dst = ReadOp(ref i, 0, 2), src = GetReg(i.Op1Register);
+                if ((dst & 3) < (src & 3))
+                {
+                    WriteOp0(ref i, 2, (dst & ~3UL) | (src & 3));
+                    Rflags |= Flags.ZF;
+                }
+                else Rflags &= ~Flags.ZF;
+                break;
+            }
             case Mnemonic.Salc:
                 SetGpr(0, 1, (Rflags & Flags.CF) != 0 ? 0xFFUL : 0);
                 break;

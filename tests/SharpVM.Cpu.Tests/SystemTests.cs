@@ -607,4 +607,100 @@ public sealed class SystemTests
         g.Cpu.RequestExit();
         t.Join();
     }
+
+    [Fact]
+    public void ProtectedMode32BitPagingFaultsAndIdt()
+    {
+        using var g = new TestGuest(longMode: false);
+        const ulong PageDir = 0x30000, PageTable = 0x31000, Idt = 0x40000, Stubs = 0x41000;
+        // 4 MiB PSE pages for the first 16 MiB; 16..20 MiB through a page table whose first page is not present.
+        for (ulong k = 0; k < 4; k++) g.W32(PageDir + k * 4, (uint)((k << 22) | 0x87));
+        g.W32(PageDir + 4 * 4, (uint)(PageTable | 7));
+        g.W32(PageTable + 4, 0x500000 | 3);
+        g.W32(0x500000 + 8, 0xCAFE);
+        for (ulong v = 0; v < 32; v++)
+        {
+            ulong h = Stubs + v * 16;
+            g.W64(Idt + v * 8, (h & 0xFFFF) | ((ulong)TestGuest.KCode32 << 16) | (0x8EUL << 40) | ((h >> 16) << 48));
+            g.W8(h, 0xF4);
+        }
+        // #PF handler: CR2 and the error code into EBX/ECX.
+        g.Load(0x42000, a => { a.mov(ebx, cr2); a.mov(ecx, __dword_ptr[esp]); a.hlt(); }, 32);
+        g.W64(Idt + 14 * 8, (0x42000UL & 0xFFFF) | ((ulong)TestGuest.KCode32 << 16) | (0x8EUL << 40) | ((0x42000UL >> 16) << 48));
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Cr0 = 0x80000011; s.Cr3 = PageDir; s.Cr4 = 0x10; s.Efer = 0;
+        s.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
+        var d = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KData, Type = 0x3, S = true, Present = true, Db = true, G = true };
+        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = d;
+        s.Gdt = new DescriptorTable { Base = TestGuest.GdtAddr, Limit = 0x57 };
+        s.Idt = new DescriptorTable { Base = Idt, Limit = 32 * 8 - 1 };
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = 0x100000, Rsp = 0x90000, Rflags = 2 });
+        g.Load(0x100000, a => { a.mov(esi, __dword_ptr[0x1001008]); a.mov(eax, __dword_ptr[0x1000010]); a.hlt(); }, 32);
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0xCAFEUL, r.Rsi);
+        Assert.Equal(0x1000010UL, r.Rbx);
+        Assert.Equal(0UL, r.Rcx);
+        Assert.Equal(0x90000UL - 16, r.Rsp); // error code, EIP, CS, EFLAGS (no privilege change)
+        Assert.Equal(0x100006UL, g.R32(0x90000 - 12)); // the faulting instruction
+        // #GP with a selector error code, through the 32-bit IDT.
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = 0x100000, Rsp = 0x90000, Rflags = 2 });
+        g.Load(0x100000, a => { a.mov(ax, 0x99); a.mov(ds, ax); a.hlt(); }, 32);
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(Stubs + 13 * 16 + 1, g.Cpu.GetRegisters().Rip);
+        Assert.Equal(0x98u, g.R32(g.Cpu.GetRegisters().Rsp));
+    }
+
+    [Fact]
+    public void BcdAdjustInstructionsIn32BitMode()
+    {
+        using var g = new TestGuest(longMode: false);
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Cr0 = 0x11;
+        s.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
+        var d = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KData, Type = 0x3, S = true, Present = true, Db = true, G = true };
+        s.Ds = s.Es = s.Ss = d;
+        s.Gdt = new DescriptorTable { Base = TestGuest.GdtAddr, Limit = 0x57 };
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = 0x100000, Rsp = 0x90000, Rflags = 2 });
+        g.Load(0x100000, a =>
+        {
+            a.mov(al, 0x79); a.add(al, 0x35); a.daa(); a.mov(bl, al); a.setc(bh);    // 79 + 35 = 114 (BCD)
+            a.mov(al, 0x35); a.sub(al, 0x47); a.das(); a.mov(cl, al); a.setc(ch);    // 35 - 47 = -12 -> 88, CF
+            a.mov(ax, 0x0009); a.add(al, 8); a.aaa(); a.mov(dx, ax);                // 9 + 8 = 17 unpacked -> AX 0107
+            a.mov(al, 63); a.aam(10); a.mov(si, ax);                                    // 63 -> AH 6, AL 3
+            a.mov(ax, 0x0603); a.aad(10); a.mov(di, ax);                                // -> 63
+            a.hlt();
+        }, 32);
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(0x0114UL, r.Rbx & 0xFFFF);
+        Assert.Equal(0x0188UL, r.Rcx & 0xFFFF);
+        Assert.Equal(0x0107UL, r.Rdx & 0xFFFF);
+        Assert.Equal(0x0603UL, r.Rsi & 0xFFFF);
+        Assert.Equal(63UL, r.Rdi & 0xFFFF);
+    }
+
+    [Fact]
+    public void ApplicationProcessorWaitsForInitSipi()
+    {
+        using var g = new TestGuest();
+        var ap = g.Vm.CreateEmulatorVcpu(1);
+        Assert.True(ap.WaitingForStartup);
+        // Trampoline at 0x9A000 (vector 0x9A): real mode, writes a marker and halts.
+        g.Load(0x9A000, a => { a.mov(ax, 0x1234); a.mov(__word_ptr[0x100], ax); a.hlt(); }, 16);
+        VcpuExit exit = default;
+        var t = new Thread(() => { ap.AttachToCurrentThread(); exit = ap.Run(new FakeIo()); });
+        t.Start();
+        Thread.Sleep(50);
+        Assert.True(ap.WaitingForStartup);
+        ap.Init();
+        ap.Startup(0x9A);
+        Assert.True(t.Join(5000));
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Equal(0x9A00UL, (ulong)ap.GetSpecialRegisters().Cs.Selector);
+        Assert.Equal((ushort)0x1234, g.Memory.Read<ushort>(new GuestAddress(0x100))); // DS = 0 after INIT
+    }
 }

@@ -34,7 +34,7 @@ W(BootParams + 0x1F1, image.AsSpan(0x1F1, hdrEnd - 0x1F1));
 W8(BootParams + 0x210, 0xFF);                                   // type_of_loader
 W8(BootParams + 0x211, (byte)(image[0x211] | 0x01 | 0x80));     // loadflags: LOADED_HIGH | CAN_USE_HEAP
 W32(BootParams + 0x228, (uint)CmdLine);
-string cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic nosmp tsc=reliable panic=-1 loglevel=8";
+string cmdline = Environment.GetEnvironmentVariable("SHARPVM_CMDLINE") ?? "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic nosmp tsc=reliable panic=-1 loglevel=8";
 W(CmdLine, Encoding.ASCII.GetBytes(cmdline + "\0"));
 if (initrd is not null)
 {
@@ -71,19 +71,20 @@ s.Tr = new Segment { Type = 0xB, Present = true, Limit = 0x67 };
 cpu.SetSpecialRegisters(s);
 cpu.SetRegisters(new Registers { Rip = LoadAddr + 0x200, Rsi = BootParams, Rsp = 0x8000, Rflags = 2 });
 
-var io = new SmokeIo();
+var io = new MiniPlatform();
+io.OnGuestStopped = cpu.RequestExit;
+cpu.AttachInterruptSource(io);
 var timer = new Timer(_ => cpu.RequestExit(), null, TimeSpan.FromSeconds(seconds), Timeout.InfiniteTimeSpan);
 var sw = Stopwatch.StartNew();
 VcpuExit exit;
 while (true)
 {
     exit = cpu.Run(io);
-    if (exit.Reason == VcpuExitReason.Halt && (cpu.GetRegisters().Rflags & 0x200) != 0) continue; // idle HLT with IF=1: nothing will wake it here, but keep polling until the time limit
     break;
 }
 var r = cpu.GetRegisters();
 Console.WriteLine();
-Console.WriteLine($"--- {exit.Reason} {exit.Detail} after {sw.Elapsed.TotalSeconds:F1} s, RIP=0x{r.Rip:x}, {cpu.InstructionsRetired / 1e6:F0} M instructions ({cpu.InstructionsRetired / sw.Elapsed.TotalSeconds / 1e6:F1} M/s wall), serial bytes {io.SerialBytes}, port accesses {io.PortAccesses}, MMIO accesses {io.MmioAccesses}");
+Console.WriteLine($"--- {exit.Reason} {exit.Detail} after {sw.Elapsed.TotalSeconds:F1} s, RIP=0x{r.Rip:x}, {cpu.InstructionsRetired / 1e6:F0} M instructions ({cpu.InstructionsRetired / sw.Elapsed.TotalSeconds / 1e6:F1} M/s wall), serial bytes {io.SerialBytes}, port accesses {io.PortAccesses}, MMIO accesses {io.MmioAccesses}, interrupts {io.Interrupts}");
 timer.Dispose();
 if (cpu.Tracing)
 {
@@ -105,41 +106,3 @@ if (cpu.Tracing)
     Console.WriteLine($"regs: rax={r.Rax:x} rbx={r.Rbx:x} rcx={r.Rcx:x} rdx={r.Rdx:x} rsi={r.Rsi:x} rdi={r.Rdi:x} rbp={r.Rbp:x} rsp={r.Rsp:x} r8={r.R8:x} r9={r.R9:x} r10={r.R10:x} r11={r.R11:x} r12={r.R12:x} r13={r.R13:x} r14={r.R14:x} r15={r.R15:x} fl={r.Rflags:x}");
 }
 
-sealed class SmokeIo : IVcpuIoHandler
-{
-    public int SerialBytes, PortAccesses, MmioAccesses;
-    private readonly Stream _out = Console.OpenStandardOutput();
-    private byte _lcr;
-
-    public void PioRead(ushort port, Span<byte> data)
-    {
-        PortAccesses++;
-        data.Fill(0xFF);
-        if (port >= 0x3F8 && port <= 0x3FF)
-        {
-            data.Clear();
-            if (port == 0x3FD) data[0] = 0x60;      // LSR: transmitter empty
-            if (port == 0x3FB) data[0] = _lcr;
-        }
-    }
-
-    public void PioWrite(ushort port, ReadOnlySpan<byte> data)
-    {
-        PortAccesses++;
-        if (port == 0x3FB) _lcr = data[0];
-        if (port == 0x3F8 && (_lcr & 0x80) == 0)
-        {
-            _out.WriteByte(data[0]);
-            _out.Flush();
-            SerialBytes++;
-        }
-    }
-
-    public void MmioRead(ulong address, Span<byte> data)
-    {
-        MmioAccesses++;
-        data.Fill(0xFF);
-    }
-
-    public void MmioWrite(ulong address, ReadOnlySpan<byte> data) => MmioAccesses++;
-}
