@@ -3,6 +3,7 @@
 # (poweroff), for SharpVM's emulated CPU and for QEMU TCG, on the same kernel, initramfs and command line.
 #
 #   bench/boot/boot-time.sh [runs]        (default 3 runs each; builds the CLI in Release first)
+#   EXTRA_CMDLINE=cryptomgr.notests bench/boot/boot-time.sh   (same, without the kernel's crypto self-tests)
 #
 # Our machines are shared: run both side by side in one invocation and compare medians, never across runs.
 set -euo pipefail
@@ -12,7 +13,8 @@ GUEST=${XDG_CACHE_HOME:-$HOME/.cache}/sharpvm/guest
 KERNEL=$GUEST/vmlinuz
 INITRD=$GUEST/initramfs.cpio.gz
 [[ -f $KERNEL && -f $INITRD ]] || { echo "default guest missing: run guest/build-default-guest.sh" >&2; exit 1; }
-CMDLINE_BASE="console=ttyS0 panic=-1 i8042.noaux i8042.nomux i8042.nopnp"
+# EXTRA_CMDLINE (e.g. "cryptomgr.notests") is appended for both; sharpvm then gets --cmdline too.
+CMDLINE_BASE="console=ttyS0 panic=-1 i8042.noaux i8042.nomux i8042.nopnp${EXTRA_CMDLINE:+ $EXTRA_CMDLINE}"
 GUEST_CMD="uname -a"
 
 dotnet build -c Release src/SharpVM.Cli -v q -nologo >/dev/null
@@ -35,7 +37,7 @@ time_to_marker() {
 }
 
 for ((i = 1; i <= RUNS; i++)); do
-    time_to_marker sharpvm "$SHARPVM" run --accel emu --timeout 300 -- $GUEST_CMD
+    time_to_marker sharpvm "$SHARPVM" run --accel emu --timeout 300 --cmdline "$CMDLINE_BASE" -- $GUEST_CMD
     time_to_marker qemu qemu-system-x86_64 -accel tcg -M pc -m 512 -nographic -no-reboot \
         -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE_BASE -- $GUEST_CMD"
 done
