@@ -83,6 +83,12 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     /// <summary>Instructions retired so far (for benchmarks and statistics).</summary>
     public long InstructionsRetired { get; private set; }
 
+    /// <summary>Exceptions raised by guest instructions (page faults included) and delivered so far.</summary>
+    public long ExceptionsDelivered { get; private set; }
+
+    /// <summary>External interrupts and NMIs delivered so far.</summary>
+    public long InterruptsDelivered { get; private set; }
+
     public int Id { get; }
 
     internal EmulatorVcpu(EmulatorVirtualMachine vm, int id)

@@ -596,6 +596,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     // ---------- atomics on guest RAM ----------
 
+    // SAFETY: p comes from WritablePointer(la, sz), so sz bytes at p are inside one RAM page.
     private static ulong LoadRaw(byte* p, int sz) => sz switch
     {
         1 => Volatile.Read(ref *p),
@@ -1091,6 +1092,7 @@ public sealed unsafe partial class EmulatorVcpu
         byte* dst = WritablePointer(dla, (int)chunk);
         if (dst == null) return false;
         if (dst > src && dst < src + chunk) return false;
+        // SAFETY: chunk bytes fit in both pages (chunk <= bytes to each page end) and both are RAM.
         Buffer.MemoryCopy(src, dst, chunk, chunk);
         SetGpr(6, asz, si + chunk); SetGpr(7, asz, di + chunk);
         SetGpr(1, asz, count - chunk);

@@ -271,6 +271,8 @@ public sealed unsafe partial class EmulatorVcpu
         uint off = (uint)la & 0xFFF;
         if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
         {
+            // SAFETY: FastPerm is non-zero only for entries whose Host is a whole 4 KiB RAM page (HostPage),
+            // and off + size <= 4096 keeps the access inside it.
             byte* p = e.Host + off;
             switch (size)
             {
@@ -315,6 +317,7 @@ public sealed unsafe partial class EmulatorVcpu
         uint off = (uint)la & 0xFFF;
         if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
         {
+            // SAFETY: as in Read: Host is a whole RAM page and the access stays inside it.
             byte* p = e.Host + off;
             switch (size)
             {
@@ -367,6 +370,8 @@ public sealed unsafe partial class EmulatorVcpu
     /// Host pointer for an aligned-enough RAM access that does not cross a page (for LOCK-ed
     /// atomics), or null when the access must be emulated non-atomically (MMIO or page-crossing).
     /// </summary>
+    // SAFETY: the pointer returned is inside one RAM page (the access does not cross it); callers use
+    // it for at most `size` bytes and only until the next guest memory operation.
     internal byte* WritablePointer(ulong la, int size)
     {
         if (((uint)la & 0xFFF) + (uint)size > 4096) return null;

@@ -43,7 +43,7 @@ public sealed unsafe partial class EmulatorVcpu
                     }
                     if (!WaitWhileHalted()) continue;
                 }
-                if (_irqHint || (++_blockCounter & 15) == 0)
+                if (_irqHint || (++_blockCounter & 63) == 0)
                 {
                     FaultRip = Rip;
                     CheckInterrupts();
@@ -145,7 +145,11 @@ public sealed unsafe partial class EmulatorVcpu
         if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
         {
             int vector = src.AcknowledgeInterrupt();
-            if (vector >= 0 && vector < 256) DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            if (vector >= 0 && vector < 256)
+            {
+                InterruptsDelivered++;
+                DeliverInterrupt(vector, false, 0, InterruptKind.External);
+            }
             _irqHint = true;
         }
     }
@@ -237,6 +241,8 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn2 = ulong.MaxValue;
     }
 
+    // SAFETY: code points into a RAM page at the block's start; Len1 <= bytes to the page end (the
+    // decoder only read that far), and the second page is re-translated before it is read.
     private bool Verify(Block b, byte* code, ulong la)
     {
         if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.Bytes.AsSpan(0, b.Len1))) return false;

@@ -113,6 +113,31 @@ public sealed unsafe partial class EmulatorVcpu
                 if (i.Op0Kind == OpKind.Register) SetGpr(0, 2, Fsw);
                 else Write(MemAddr(ref i), 2, Fsw);
                 return;
+            case Mnemonic.Fnstenv:
+            {
+                // 32/64-bit protected-mode layout (28 bytes); instruction/operand pointers are not tracked.
+                CheckFpu();
+                ulong la = MemAddr(ref i);
+                Read(la + 27, 1, NeedW);
+                ushort tag = 0;
+                for (int k = 0; k < 8; k++) if (((Ftw >> k) & 1) == 0) tag |= (ushort)(3 << (2 * k));
+                Write(la, 4, Fcw); Write(la + 4, 4, Fsw); Write(la + 8, 4, tag);
+                for (ulong o = 12; o < 28; o += 4) Write(la + o, 4, 0);
+                Fcw |= 0x3F; // FNSTENV masks all exceptions
+                return;
+            }
+            case Mnemonic.Fldenv:
+            {
+                CheckFpu();
+                ulong la = MemAddr(ref i);
+                Fcw = (ushort)Read(la, 2);
+                Fsw = (ushort)Read(la + 4, 2);
+                uint tag = (uint)Read(la + 8, 2);
+                byte abridged = 0;
+                for (int k = 0; k < 8; k++) if (((tag >> (2 * k)) & 3) != 3) abridged |= (byte)(1 << k);
+                Ftw = abridged;
+                return;
+            }
             case Mnemonic.Fnclex:
                 CheckFpu();
                 Fsw &= 0x7F00;

@@ -605,6 +605,7 @@ public sealed unsafe partial class EmulatorVcpu
     /// <summary>Delivers a fault raised by an instruction (RIP already points at it), escalating to #DF and triple fault.</summary>
     private void DeliverException(int vector, bool hasErr, uint err)
     {
+        ExceptionsDelivered++;
         if (_deliveryDepth > 0) throw new CpuTripleFault();
         _deliveryDepth++;
         try

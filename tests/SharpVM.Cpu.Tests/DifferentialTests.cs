@@ -86,7 +86,13 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         _ => false,
     };
 
-    private static List<Form> EnumerateForms()
+    private static readonly Register[] BaseRegs32 = [Register.EBX, Register.EBP, Register.ESI, Register.EDI];
+
+    private static bool Is64Only(OpCodeOperandKind k) => k is OpCodeOperandKind.r64_or_mem or OpCodeOperandKind.r64_reg
+        or OpCodeOperandKind.r64_opcode or OpCodeOperandKind.r64_rm or OpCodeOperandKind.rax or OpCodeOperandKind.imm64
+        or OpCodeOperandKind.imm8sex64 or OpCodeOperandKind.imm32sex64;
+
+    private static List<Form> EnumerateForms(int bits = 64)
     {
         var wanted = new HashSet<Mnemonic>(IntegerMnemonics.Concat(SseMnemonics));
         var forms = new List<Form>();
@@ -94,9 +100,11 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         {
             if (code == Code.INVALID) continue;
             var op = code.ToOpCode();
-            if (!op.IsInstruction || op.Encoding != EncodingKind.Legacy || !op.Mode64) continue;
+            if (!op.IsInstruction || op.Encoding != EncodingKind.Legacy || (bits == 64 ? !op.Mode64 : !op.Mode32)) continue;
+            if (bits == 32 && (op.OperandSize == 64 || Enumerable.Range(0, op.OpCount).Any(n => Is64Only(op.GetOpKind(n))))) continue;
             if (!wanted.Contains(op.Mnemonic)) continue;
             if (code is Code.Bswap_r16) continue; // undefined result
+            if (code.ToString().StartsWith("Cmpxchg486", StringComparison.Ordinal)) continue; // 486-only encodings (XSTORE etc. today)
             bool ok = true, hasRm = false, hasMemOnly = false, isString = false;
             for (int n = 0; n < op.OpCount; n++)
             {
@@ -109,7 +117,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
             if (!ok) continue;
             if (isString)
             {
-                if (op.AddressSize != 0 && op.AddressSize != 64) continue;
+                if (op.AddressSize != 0 && op.AddressSize != bits) continue;
                 forms.Add(new Form(code, false, false, 0));
                 if (op.CanUseRepPrefix) forms.Add(new Form(code, false, false, 1));
                 if (op.CanUseRepnePrefix) forms.Add(new Form(code, false, false, 2));
@@ -173,7 +181,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         return BitConverter.DoubleToUInt64Bits(d);
     }
 
-    private static Case? Build(Form form, Random rng)
+    private static Case? Build(Form form, Random rng, int bits = 64)
     {
         var op = form.Code.ToOpCode();
         var c = new Case();
@@ -196,16 +204,17 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         bool needAlign = sse || op.Mnemonic == Mnemonic.Cmpxchg16b;
         // Locked accesses that cross a cache line are split locks: the host kernel throttles them (ms each).
         bool lockAlign = form.Lock || op.Mnemonic == Mnemonic.Xchg;
+        var baseRegs = bits == 64 ? BaseRegs : BaseRegs32;
         if (form.Memory)
         {
-            baseReg = BaseRegs[rng.Next(BaseRegs.Length)];
-            used.Add(Array.IndexOf(NativeCpu.Gprs, baseReg));
+            baseReg = baseRegs[rng.Next(baseRegs.Length)];
+            used.Add(RegTable.Index[(int)baseReg]);
         }
         int PickReg()
         {
             while (true)
             {
-                int r = rng.Next(16);
+                int r = rng.Next(bits == 64 ? 16 : 8);
                 if (!used.Contains(r)) return r;
             }
         }
@@ -219,8 +228,8 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                     {
                         if (baseReg == Register.None)
                         {
-                            baseReg = BaseRegs[rng.Next(BaseRegs.Length)];
-                            used.Add(Array.IndexOf(NativeCpu.Gprs, baseReg));
+                            baseReg = baseRegs[rng.Next(baseRegs.Length)];
+                            used.Add(RegTable.Index[(int)baseReg]);
                         }
                         ins.SetOpKind(n, OpKind.Memory);
                         ins.MemoryBase = baseReg;
@@ -228,17 +237,18 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                         int disp = needAlign ? rng.Next(-4, 4) * 16 : lockAlign ? rng.Next(-8, 8) * 8 : rng.Next(-64, 64);
                         ins.MemoryDisplacement64 = (ulong)(long)disp;
                         ins.MemoryDisplSize = 1;
-                        c.Regs[Array.IndexOf(NativeCpu.Gprs, baseReg)] = NativeCpu.DataAddr + 0x800;
+                        c.Regs[RegTable.Index[(int)baseReg]] = NativeCpu.DataAddr + 0x800;
                         c.Base = baseReg;
                     }
-                    else if (k == OpCodeOperandKind.xmm_or_mem) { ins.SetOpKind(n, OpKind.Register); ins.SetOpRegister(n, Register.XMM0 + rng.Next(16)); }
+                    else if (k == OpCodeOperandKind.xmm_or_mem) { ins.SetOpKind(n, OpKind.Register); ins.SetOpRegister(n, Register.XMM0 + rng.Next(bits == 64 ? 16 : 8)); }
                     else
                     {
                         int size = k switch { OpCodeOperandKind.r8_or_mem => 1, OpCodeOperandKind.r16_or_mem => 2, OpCodeOperandKind.r32_or_mem => 4, _ => 8 };
                         int r = PickReg();
+                        if (bits == 32 && size == 1 && r >= 4) return null;
                         used.Add(r);
                         ins.SetOpKind(n, OpKind.Register);
-                        ins.SetOpRegister(n, Gpr(size, r));
+                        ins.SetOpRegister(n, size == 1 && r < 4 && rng.Next(3) == 0 ? Register.AH + r : Gpr(size, r));
                     }
                     break;
                 case OpCodeOperandKind.r8_reg or OpCodeOperandKind.r8_opcode or OpCodeOperandKind.r16_reg or OpCodeOperandKind.r16_opcode or OpCodeOperandKind.r16_rm
@@ -253,6 +263,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                         _ => 8,
                     };
                     int r = PickReg();
+                    if (bits == 32 && size == 1 && r >= 4) return null;
                     used.Add(r);
                     ins.SetOpKind(n, OpKind.Register);
                     ins.SetOpRegister(n, size == 1 && r < 4 && rng.Next(3) == 0 ? Register.AH + r : Gpr(size, r));
@@ -260,7 +271,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                 }
                 case OpCodeOperandKind.xmm_reg or OpCodeOperandKind.xmm_rm:
                     ins.SetOpKind(n, OpKind.Register);
-                    ins.SetOpRegister(n, Register.XMM0 + rng.Next(16));
+                    ins.SetOpRegister(n, Register.XMM0 + rng.Next(bits == 64 ? 16 : 8));
                     break;
                 case OpCodeOperandKind.al: ins.SetOpKind(n, OpKind.Register); ins.SetOpRegister(n, Register.AL); break;
                 case OpCodeOperandKind.cl: ins.SetOpKind(n, OpKind.Register); ins.SetOpRegister(n, Register.CL); break;
@@ -276,11 +287,11 @@ public sealed class DifferentialTests(ITestOutputHelper output)
                 case OpCodeOperandKind.imm32: ins.SetOpKind(n, OpKind.Immediate32); ins.SetImmediate(n, (long)(uint)RandEdge(rng)); break;
                 case OpCodeOperandKind.imm32sex64: ins.SetOpKind(n, OpKind.Immediate32to64); ins.SetImmediate(n, (int)RandEdge(rng)); break;
                 case OpCodeOperandKind.imm64: ins.SetOpKind(n, OpKind.Immediate64); ins.SetImmediate(n, (long)RandEdge(rng)); break;
-                case OpCodeOperandKind.seg_rSI: ins.SetOpKind(n, OpKind.MemorySegRSI); isString = true; break;
-                case OpCodeOperandKind.es_rDI: ins.SetOpKind(n, OpKind.MemoryESRDI); isString = true; break;
+                case OpCodeOperandKind.seg_rSI: ins.SetOpKind(n, bits == 64 ? OpKind.MemorySegRSI : OpKind.MemorySegESI); isString = true; break;
+                case OpCodeOperandKind.es_rDI: ins.SetOpKind(n, bits == 64 ? OpKind.MemoryESRDI : OpKind.MemoryESEDI); isString = true; break;
                 case OpCodeOperandKind.seg_rBX_al:
                     ins.SetOpKind(n, OpKind.Memory);
-                    ins.MemoryBase = Register.RBX;
+                    ins.MemoryBase = bits == 64 ? Register.RBX : Register.EBX;
                     ins.MemoryIndex = Register.AL;
                     ins.MemoryIndexScale = 1;
                     c.Regs[3] = NativeCpu.DataAddr + 0x700;
@@ -304,11 +315,11 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         }
         if (form.Lock) ins.HasLockPrefix = true;
         var w = new MemoryCodeWriter();
-        var enc = Iced.Intel.Encoder.Create(64, w);
+        var enc = Iced.Intel.Encoder.Create(bits, w);
         if (!enc.TryEncode(ins, NativeCpu.CodeAddr + 0x1000, out _, out _)) return null;
         c.Bytes = [.. w.Bytes];
         // Decode back so the instruction has everything Iced computes (flags info, memory size).
-        var dec = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(c.Bytes), 0x100000);
+        var dec = Iced.Intel.Decoder.Create(bits, new ByteArrayCodeReader(c.Bytes), 0x100000);
         dec.Decode(out c.Ins);
         if (c.Ins.IsInvalid || c.Ins.Length != c.Bytes.Length) return null;
         return c;
@@ -539,5 +550,194 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         output.WriteLine($"time: total {swAll.ElapsedMilliseconds} ms, build {swBuild.ElapsedMilliseconds} ms, emulator {swEmu.ElapsedMilliseconds} ms, native {swNative.ElapsedMilliseconds} ms");
         if (mismatches > 0) output.WriteLine(report.ToString());
         Assert.True(mismatches == 0, $"{mismatches} mismatches in {failedForms.Count} forms:\n{report}");
+    }
+
+    /// <summary>
+    /// Pairs of instructions (a flag producer, then any register-only instruction) check the lazy-flag
+    /// paths: condition codes, ADC/SBB, RCL/RCR and INC/DEC reading flags left pending by the first.
+    /// </summary>
+    [Fact]
+    public void InstructionPairsMatchTheHostCpu()
+    {
+        if (!NativeCpu.TryInit(out string? err))
+        {
+            output.WriteLine($"SKIPPED: {err}");
+            return;
+        }
+        var forms = EnumerateForms().Where(f => f.Rep == 0).ToList();
+        bool Usable(Form f)
+        {
+            var m = f.Code.ToOpCode().Mnemonic;
+            if (m is Mnemonic.Div or Mnemonic.Idiv) return false;
+            for (int n = 0; n < f.Code.ToOpCode().OpCount; n++)
+                if (f.Code.ToOpCode().GetOpKind(n) is OpCodeOperandKind.seg_rSI or OpCodeOperandKind.es_rDI or OpCodeOperandKind.seg_rBX_al) return false;
+            return true;
+        }
+        var first = forms.Where(Usable).ToList();
+        var second = forms.Where(f => Usable(f) && !f.Memory && Enumerable.Range(0, f.Code.ToOpCode().OpCount).All(n => f.Code.ToOpCode().GetOpKind(n) != OpCodeOperandKind.mem)).ToList();
+        // Bias towards flag producers followed by flag consumers, the paths lazy flags short-cut.
+        var producers = first.Where(f => f.Code.ToOpCode().Mnemonic is Mnemonic.Add or Mnemonic.Sub or Mnemonic.Cmp or Mnemonic.And
+            or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Test or Mnemonic.Inc or Mnemonic.Dec or Mnemonic.Neg).ToList();
+        var consumers = second.Where(f => f.Code.ToOpCode().Mnemonic.ToString() is var m && (m.StartsWith("Set", StringComparison.Ordinal)
+            || m.StartsWith("Cmov", StringComparison.Ordinal) || m is "Adc" or "Sbb" or "Rcl" or "Rcr" or "Inc" or "Dec" or "Cmc" or "Lahf")).ToList();
+        using var g = new TestGuest();
+        var rng = new Random(777);
+        var outRegs = new ulong[16];
+        var outXmm = new ulong[32];
+        int cases = 0, mismatches = 0;
+        var report = new StringBuilder();
+        for (int t = 0; t < 30000 && mismatches < 30; t++)
+        {
+            bool biased = rng.Next(10) < 7;
+            var a = Build(biased ? producers[rng.Next(producers.Count)] : first[rng.Next(first.Count)], rng);
+            if (a is null) continue;
+            if (RflagsToX86(a.Ins.RflagsUndefined) != 0 || ExtraUndefined(a, out bool du) != 0 || du) continue;
+            var bForm = biased ? consumers[rng.Next(consumers.Count)] : second[rng.Next(second.Count)];
+            var bc = Build(bForm, rng);
+            if (bc is null) continue;
+            // The second instruction runs on the state the first leaves; it only names registers.
+            var b = bc.Ins;
+            if (a.Base != Register.None && b.OpCount > 0 && Enumerable.Range(0, b.OpCount).Any(n => b.GetOpKind(n) == OpKind.Register && b.GetOpRegister(n).IsGPR() && RegTable.Index[(int)b.GetOpRegister(n)] == RegTable.Index[(int)a.Base]))
+                continue;
+            var code = a.Bytes.Concat(bc.Bytes).ToArray();
+            var full = code.Append((byte)0xF4).ToArray();
+            g.EnterLongMode();
+            g.Memory.Write(new GuestAddress(NativeCpu.DataAddr), a.Data);
+            g.Memory.Write(new GuestAddress(TestGuest.CodeAddr), full);
+            g.Cpu.SetRegisters(new Registers
+            {
+                Rax = a.Regs[0], Rcx = a.Regs[1], Rdx = a.Regs[2], Rbx = a.Regs[3], Rsp = TestGuest.StackTop, Rbp = a.Regs[5],
+                Rsi = a.Regs[6], Rdi = a.Regs[7], R8 = a.Regs[8], R9 = a.Regs[9], R10 = a.Regs[10], R11 = a.Regs[11],
+                R12 = a.Regs[12], R13 = a.Regs[13], R14 = a.Regs[14], R15 = a.Regs[15], Rip = TestGuest.CodeAddr, Rflags = a.Flags,
+            });
+            Array.Copy(a.Xmm, g.Cpu.Xmm, 32);
+            var exit = g.Run();
+            var er = g.Cpu.GetRegisters();
+            string name = $"{a.Ins} ; {b} bytes {Convert.ToHexString(code)}";
+            if (exit.Reason != VcpuExitReason.Halt || er.Rip != TestGuest.CodeAddr + (ulong)full.Length)
+            {
+                mismatches++;
+                report.AppendLine($"{name}: emulator exit {exit.Reason} {exit.Detail} rip={er.Rip:x} vector={g.Vector}");
+                continue;
+            }
+            a.Data.CopyTo(NativeCpu.Data);
+            NativeCpu.Run(code, a.Regs, a.Flags, a.Xmm, outRegs, out ulong nflags, outXmm);
+            cases++;
+            // Undefined flags of the second instruction (its own Iced data; shift counts come from the live state).
+            var bcase = new Case { Ins = b, Regs = outRegs.ToArray(), Data = a.Data };
+            ulong und = RflagsToX86(b.RflagsUndefined) | ExtraUndefined(bcase, out bool destUndef);
+            ulong fmask = (0x8D5UL | 0x400) & ~und;
+            var emuRegs = new[] { er.Rax, er.Rcx, er.Rdx, er.Rbx, er.Rsp, er.Rbp, er.Rsi, er.Rdi, er.R8, er.R9, er.R10, er.R11, er.R12, er.R13, er.R14, er.R15 };
+            var diffs = new List<string>();
+            for (int k = 0; k < 16; k++)
+            {
+                if (k == 4) continue;
+                if (destUndef && b.Op0Kind == OpKind.Register && RegTable.Index[(int)b.Op0Register] == k) continue;
+                if (emuRegs[k] != outRegs[k]) diffs.Add($"{NativeCpu.Gprs[k]} emu={emuRegs[k]:x} host={outRegs[k]:x}");
+            }
+            if ((er.Rflags & fmask) != (nflags & fmask)) diffs.Add($"flags emu={er.Rflags & fmask:x} host={nflags & fmask:x} mask={fmask:x}");
+            for (int k = 0; k < 32; k++)
+                if (g.Cpu.Xmm[k] != outXmm[k]) { diffs.Add($"xmm{k / 2}.{k % 2} emu={g.Cpu.Xmm[k]:x} host={outXmm[k]:x}"); break; }
+            if (!g.Memory.GetSpan(new GuestAddress(NativeCpu.DataAddr), NativeCpu.DataSize).SequenceEqual(NativeCpu.Data)) diffs.Add("memory differs");
+            if (diffs.Count > 0)
+            {
+                mismatches++;
+                report.AppendLine($"{name}: {string.Join("; ", diffs)}");
+            }
+        }
+        output.WriteLine($"Instruction pairs: {cases} compared with the host, {mismatches} mismatches.");
+        Console.WriteLine($"[SharpVM.Cpu differential] instruction pairs: {cases}; mismatches: {mismatches}");
+        Assert.True(mismatches == 0, report.ToString());
+    }
+
+    /// <summary>
+    /// The same generator for 32-bit forms: natively in compatibility mode (a far return to the 32-bit
+    /// user code segment), in the emulator in compatibility mode at CPL0. Low 32 bits of EAX..EDI,
+    /// defined flags, XMM0-7 and memory must match.
+    /// </summary>
+    [Fact]
+    public void Instructions32BitMatchTheHostCpu()
+    {
+        if (!NativeCpu.TryInit(out string? err))
+        {
+            output.WriteLine($"SKIPPED: {err}");
+            return;
+        }
+        var forms = EnumerateForms(32);
+        using var g = new TestGuest();
+        var sregs = g.Cpu.GetSpecialRegisters();
+        sregs.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
+        var rng = new Random(4242);
+        var outRegs = new ulong[16];
+        var outXmm = new ulong[32];
+        int cases = 0, deCases = 0, mismatches = 0;
+        var covered = new HashSet<Code>();
+        var failed = new HashSet<Code>();
+        var report = new StringBuilder();
+        foreach (var form in forms)
+        {
+            int ok = 0;
+            for (int t = 0; t < 30; t++)
+            {
+                var c = Build(form, rng, 32);
+                if (c is null) continue;
+                bool de = PredictsDivideError(c);
+                g.Memory.Write(new GuestAddress(NativeCpu.DataAddr), c.Data);
+                var code = c.Bytes.Append((byte)0xF4).ToArray();
+                g.Memory.Write(new GuestAddress(TestGuest.CodeAddr), code);
+                g.Cpu.SetSpecialRegisters(sregs);
+                g.Cpu.SetRegisters(new Registers
+                {
+                    Rax = c.Regs[0], Rcx = c.Regs[1], Rdx = c.Regs[2], Rbx = c.Regs[3], Rsp = TestGuest.StackTop, Rbp = c.Regs[5],
+                    Rsi = c.Regs[6], Rdi = c.Regs[7], Rip = TestGuest.CodeAddr, Rflags = c.Flags,
+                });
+                Array.Copy(c.Xmm, g.Cpu.Xmm, 32);
+                var exit = g.Run();
+                var er = g.Cpu.GetRegisters();
+                string name = $"{c.Ins} [{form.Code}{(form.Lock ? " lock" : "")}] bytes {Convert.ToHexString(c.Bytes)}";
+                if (de)
+                {
+                    deCases++;
+                    if (exit.Reason != VcpuExitReason.Halt || g.Vector != 0) { mismatches++; failed.Add(form.Code); if (mismatches < 40) report.AppendLine($"{name}: expected #DE, got {exit.Reason} {exit.Detail}"); }
+                    else ok++;
+                    continue;
+                }
+                if (exit.Reason != VcpuExitReason.Halt || er.Rip != TestGuest.CodeAddr + (ulong)code.Length)
+                {
+                    mismatches++; failed.Add(form.Code);
+                    if (mismatches < 40) report.AppendLine($"{name}: emulator exit {exit.Reason} {exit.Detail} rip={er.Rip:x} vector={g.Vector}");
+                    continue;
+                }
+                c.Data.CopyTo(NativeCpu.Data);
+                NativeCpu.Run32(c.Bytes, c.Regs, c.Flags, c.Xmm, outRegs, out ulong nflags, outXmm);
+                cases++;
+                ulong und = RflagsToX86(c.Ins.RflagsUndefined) | ExtraUndefined(c, out bool destUndef);
+                ulong fmask = (0x8D5UL | 0x400) & ~und;
+                var emuRegs = new[] { er.Rax, er.Rcx, er.Rdx, er.Rbx, er.Rsp, er.Rbp, er.Rsi, er.Rdi };
+                var diffs = new List<string>();
+                for (int k = 0; k < 8; k++)
+                {
+                    if (k == 4) continue;
+                    if (destUndef && c.Ins.Op0Kind == OpKind.Register && RegTable.Index[(int)c.Ins.Op0Register] == k) continue;
+                    if ((uint)emuRegs[k] != (uint)outRegs[k]) diffs.Add($"E{NativeCpu.Gprs[k]} emu={(uint)emuRegs[k]:x} host={(uint)outRegs[k]:x} in={c.Regs[k]:x}");
+                }
+                if ((er.Rflags & fmask) != (nflags & fmask)) diffs.Add($"flags emu={er.Rflags & fmask:x} host={nflags & fmask:x} in={c.Flags:x} mask={fmask:x}");
+                for (int k = 0; k < 16; k++)
+                    if (g.Cpu.Xmm[k] != outXmm[k]) { diffs.Add($"xmm{k / 2}.{k % 2} emu={g.Cpu.Xmm[k]:x} host={outXmm[k]:x}"); break; }
+                var emuData = g.Memory.GetSpan(new GuestAddress(NativeCpu.DataAddr), NativeCpu.DataSize);
+                if (!destUndef && !emuData.SequenceEqual(NativeCpu.Data)) diffs.Add("memory differs");
+                if (diffs.Count > 0)
+                {
+                    mismatches++; failed.Add(form.Code);
+                    if (mismatches < 40) report.AppendLine($"{name}: {string.Join("; ", diffs)}");
+                }
+                else ok++;
+            }
+            if (ok > 0 && !failed.Contains(form.Code)) covered.Add(form.Code);
+        }
+        output.WriteLine($"Differential (32-bit, compatibility mode): {forms.Count} generated forms, {covered.Count} distinct instruction forms fully matching the host, {cases} native comparisons, {deCases} #DE cases, {mismatches} mismatches in {failed.Count} forms.");
+        Console.WriteLine($"[SharpVM.Cpu differential] 32-bit forms covered: {covered.Count}; cases: {cases}; mismatches: {mismatches}");
+        if (mismatches > 0) output.WriteLine(report.ToString());
+        Assert.True(mismatches == 0, $"{mismatches} mismatches in {failed.Count} forms:\n{report}");
     }
 }

@@ -24,6 +24,9 @@ internal static unsafe partial class NativeCpu
     private const ulong InRegs = State, InFlags = State + 128, OutRegs = State + 256, OutFlags = State + 384, SavedRsp = State + 512;
     private const ulong InXmm = State + 0x400, OutXmm = State + 0x500;
     private const ulong TestSlot = CodeAddr + 0x1000, Epilogue = CodeAddr + 0x2000;
+    // Compatibility-mode (32-bit) harness: entry, test slot and epilogue.
+    private const ulong Entry32 = CodeAddr + 0x3000, Pro32 = CodeAddr + 0x3400, TestSlot32 = CodeAddr + 0x4000, Epi32 = CodeAddr + 0x5000, Back64 = CodeAddr + 0x5400;
+    private const ulong Stack32 = DataAddr + 0xF000;
 
     private static readonly object Gate = new();
     private static bool _ready;
@@ -93,6 +96,67 @@ internal static unsafe partial class NativeCpu
         e.pop(r15); e.pop(r14); e.pop(r13); e.pop(r12); e.pop(rbp); e.pop(rbx);
         e.ret();
         Emit(e, Epilogue);
+
+        // 32-bit: 64-bit entry switches to the compat-mode user code segment (0x23) with a far return.
+        var x = new Assembler(64);
+        x.push(rbx); x.push(rbp); x.push(r12); x.push(r13); x.push(r14); x.push(r15);
+        x.mov(__qword_ptr[(long)SavedRsp], rsp);
+        for (int k = 0; k < 8; k++) x.movdqu(new AssemblerRegisterXMM(Register.XMM0 + k), __xmmword_ptr[(long)(InXmm + (ulong)k * 16)]);
+        x.mov(rsp, Stack32);
+        x.push(0x23);
+        x.push((int)Pro32);
+        x.db(0x48, 0xCB); // retfq
+        Emit(x, Entry32);
+        var p32 = new Assembler(32);
+        p32.mov(ax, 0x2B); p32.mov(ds, ax); p32.mov(es, ax);
+        p32.push(__dword_ptr[(long)InFlags]);
+        p32.popfd();
+        for (int r = 0; r < 8; r++)
+        {
+            if (r == 4) continue;
+            p32.mov(new AssemblerRegister32(Register.EAX + r), __dword_ptr[(long)(InRegs + (ulong)r * 8)]);
+        }
+        p32.jmp(TestSlot32);
+        Emit(p32, Pro32);
+        var e32 = new Assembler(32);
+        for (int r = 0; r < 8; r++)
+        {
+            if (r == 4) continue;
+            e32.mov(__dword_ptr[(long)(OutRegs + (ulong)r * 8)], new AssemblerRegister32(Register.EAX + r));
+        }
+        e32.pushfd();
+        e32.pop(__dword_ptr[(long)OutFlags]);
+        e32.cld();
+        for (int k = 0; k < 8; k++) e32.movdqu(__xmmword_ptr[(long)(OutXmm + (ulong)k * 16)], new AssemblerRegisterXMM(Register.XMM0 + k));
+        e32.push(0x33);
+        e32.push((int)Back64);
+        e32.retf();
+        Emit(e32, Epi32);
+        var b64 = new Assembler(64);
+        b64.xor(eax, eax); b64.mov(ds, ax); b64.mov(es, ax);
+        b64.mov(rsp, __qword_ptr[(long)SavedRsp]);
+        b64.pop(r15); b64.pop(r14); b64.pop(r13); b64.pop(r12); b64.pop(rbp); b64.pop(rbx);
+        b64.ret();
+        Emit(b64, Back64);
+    }
+
+    /// <summary>Like <see cref="Run"/> in compatibility mode: only the low 32 bits of EAX..EDI and XMM0-7 count.</summary>
+    public static void Run32(ReadOnlySpan<byte> code, ulong[] regs, ulong flags, ulong[] xmm, ulong[] outRegs, out ulong outFlags, ulong[] outXmm)
+    {
+        byte* slot = (byte*)TestSlot32;
+        code.CopyTo(new Span<byte>(slot, code.Length));
+        ulong next = TestSlot32 + (ulong)code.Length + 5;
+        slot[code.Length] = 0xE9;
+        *(int*)(slot + code.Length + 1) = (int)(long)(Epi32 - next);
+        for (int r = 0; r < 16; r++) ((ulong*)InRegs)[r] = regs[r];
+        for (int r = 0; r < 16; r++) ((ulong*)OutRegs)[r] = 0;
+        *(ulong*)InFlags = flags;
+        for (int k = 0; k < 32; k++) ((ulong*)InXmm)[k] = xmm[k];
+        for (int k = 0; k < 32; k++) ((ulong*)OutXmm)[k] = xmm[k];
+        ((delegate* unmanaged<void>)Entry32)();
+        for (int r = 0; r < 16; r++) outRegs[r] = r < 8 && r != 4 ? (uint)((ulong*)OutRegs)[r] : regs[r];
+        outFlags = *(uint*)OutFlags;
+        for (int k = 0; k < 32; k++) outXmm[k] = ((ulong*)OutXmm)[k];
     }
 
     public static Span<byte> Data => new((void*)DataAddr, DataSize);

@@ -703,4 +703,29 @@ public sealed class SystemTests
         Assert.Equal(0x9A00UL, (ulong)ap.GetSpecialRegisters().Cs.Selector);
         Assert.Equal((ushort)0x1234, g.Memory.Read<ushort>(new GuestAddress(0x100))); // DS = 0 after INIT
     }
+
+    [Fact]
+    public void X87ControlAndEnvironmentInstructions()
+    {
+        using var g = new TestGuest();
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(rdi, 0x800000UL);
+            a.fninit();
+            a.fnstcw(__word_ptr[rdi]);            // 0x037F
+            a.mov(__word_ptr[rdi + 2], 0x0C7F);
+            a.fldcw(__word_ptr[rdi + 2]);
+            a.fnstenv(__[rdi + 16]);              // FCW 0x0C7F, tags all empty (0xFFFF)
+            a.fnstcw(__word_ptr[rdi + 4]);        // FNSTENV masked exceptions: 0x0C7F | 0x3F
+            a.fldenv(__[rdi + 16]);
+            a.fnstcw(__word_ptr[rdi + 6]);        // back to 0x0C7F
+            a.fnstsw(ax);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal(0x037Fu, (uint)g.Memory.Read<ushort>(new GuestAddress(0x800000)));
+        Assert.Equal(0x0C7Fu, g.R32(0x800000 + 16));
+        Assert.Equal(0xFFFFu, g.R32(0x800000 + 24));
+        Assert.Equal(0x0C7Fu, (uint)g.Memory.Read<ushort>(new GuestAddress(0x800006)));
+    }
 }

@@ -84,7 +84,7 @@ while (true)
 }
 var r = cpu.GetRegisters();
 Console.WriteLine();
-Console.WriteLine($"--- {exit.Reason} {exit.Detail} after {sw.Elapsed.TotalSeconds:F1} s, RIP=0x{r.Rip:x}, {cpu.InstructionsRetired / 1e6:F0} M instructions ({cpu.InstructionsRetired / sw.Elapsed.TotalSeconds / 1e6:F1} M/s wall), serial bytes {io.SerialBytes}, port accesses {io.PortAccesses}, MMIO accesses {io.MmioAccesses}, interrupts {io.Interrupts}");
+Console.WriteLine($"--- {exit.Reason} {exit.Detail} after {sw.Elapsed.TotalSeconds:F1} s, RIP=0x{r.Rip:x}, {cpu.InstructionsRetired / 1e6:F0} M instructions ({cpu.InstructionsRetired / sw.Elapsed.TotalSeconds / 1e6:F1} M/s wall), serial bytes {io.SerialBytes}, port accesses {io.PortAccesses}, MMIO accesses {io.MmioAccesses}, interrupts {io.Interrupts}, guest exceptions {cpu.ExceptionsDelivered}");
 timer.Dispose();
 if (cpu.Tracing)
 {
