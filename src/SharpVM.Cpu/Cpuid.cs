@@ -19,8 +19,8 @@ public static class EmulatorCpuid
     // 0x80000001 EDX: SYSCALL, NX, 1 GiB pages, RDTSCP, LM. ECX: LAHF/SAHF in 64-bit mode, ABM (LZCNT).
     public const uint Ext1Edx = (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29);
     public const uint Ext1Ecx = (1u << 0) | (1u << 5);
-    // Leaf 7 EBX: ERMS.
-    public const uint Leaf7Ebx = 1u << 9;
+    // Leaf 7 EBX: TSC_ADJUST (with an invariant TSC it lets Linux skip the clocksource watchdog), ERMS.
+    public const uint Leaf7Ebx = (1u << 1) | (1u << 9);
     // Leaf 7 EDX: IA32_ARCH_CAPABILITIES MSR (an interpreter does not speculate: see ArchCapabilities).
     public const uint Leaf7Edx = 1u << 29;
 

@@ -9,14 +9,9 @@ namespace SharpVM.Cpu;
 public sealed partial class EmulatorVcpu
 {
     private LocalApic? _apic;
-    private bool _waitingForSipi;
-    private bool _initTaken;
 
     /// <summary>The local APIC this vCPU uses, when the VM has the emulated interrupt platform.</summary>
     public LocalApic? LocalApic => _apic;
-
-    /// <summary>True while this application processor waits for INIT/SIPI (or <see cref="MakeRunnable"/>).</summary>
-    public bool IsWaitingForStartup => _waitingForSipi;
 
     /// <summary>
     /// Connects this vCPU to its local APIC; an application processor (<paramref name="waitForStartup"/>)
@@ -28,15 +23,18 @@ public sealed partial class EmulatorVcpu
         _apic = apic;
         AttachInterruptSource(apic);
         apic.SetTscSource(ReadTsc, (long)EmulatorCpuid.TscHz);
-        _waitingForSipi = waitForStartup;
+        _waitForSipi = waitForStartup;
     }
 
     /// <summary>Starts an application processor at the registers set, as if INIT/SIPI had started it.</summary>
     public void MakeRunnable()
     {
-        _waitingForSipi = false;
+        _waitForSipi = false;
         _irqHint = true;
     }
+
+    private const uint MsrTscAdjust = 0x3B;
+    private long _tscAdjust;
 
     private static bool IsApicMsr(uint index) => index is 0x1B or 0x6E0 or (>= 0x800 and <= 0x8FF);
 
@@ -45,6 +43,12 @@ public sealed partial class EmulatorVcpu
     {
         value = 0;
         ok = false;
+        if (index == MsrTscAdjust)
+        {
+            value = (ulong)_tscAdjust;
+            ok = true;
+            return true;
+        }
         var apic = _apic;
         if (apic is null || !IsApicMsr(index)) return false;
         ok = apic.TryReadMsr(index, out value);
@@ -56,15 +60,19 @@ public sealed partial class EmulatorVcpu
     {
         ok = false;
         var apic = _apic;
-        if (apic is null) return false;
-        if (index == 0x10)
+        if (index is 0x10 or MsrTscAdjust)
         {
+            // IA32_TSC_ADJUST follows writes to the TSC and moves it by the change written to it (SDM 17.17.3).
+            ulong before = ReadTsc();
+            if (index == 0x10) WriteTsc(value);
+            else WriteTsc(before + (value - (ulong)_tscAdjust));
+            _tscAdjust += index == 0x10 ? (long)(value - before) : (long)value - _tscAdjust;
             // The TSC moved: an armed TSC deadline must be re-evaluated.
-            WriteTsc(value);
-            apic.OnTscChanged();
+            apic?.OnTscChanged();
             ok = true;
             return true;
         }
+        if (apic is null) return false;
         if (!IsApicMsr(index)) return false;
         ok = apic.TryWriteMsr(index, value);
         if (ok && index == 0x1B) ApicBase = value;
@@ -73,58 +81,14 @@ public sealed partial class EmulatorVcpu
     }
 
     /// <summary>
-    /// Handles INIT and start-up IPIs between instructions. Returns true while the vCPU must not run guest
-    /// code (an AP waiting for its SIPI); it then waits a little for one.
+    /// Passes INIT and start-up IPIs accepted by the local APIC to the vCPU's INIT/SIPI handling
+    /// (<see cref="Init"/>, <see cref="Startup"/>). Lock-free unless one is pending.
     /// </summary>
-    private bool ServiceStartup()
+    private void PollLocalApicStartup()
     {
         var apic = _apic!;
-        if (_initTaken || apic.TakePendingInit())
-        {
-            _initTaken = false;
-            InitReset();
-            if (!apic.IsBootstrapProcessor) _waitingForSipi = true;
-        }
-        if (!_waitingForSipi) return false;
-        if (apic.TryTakeStartupIpi(out byte vector))
-        {
-            _waitingForSipi = false;
-            _halted = false;
-            ulong seg = (ulong)vector << 8;
-            Sregs[CS] = new Seg { Base = seg << 4, Limit = 0xFFFF, Sel = (ushort)seg, Attr = 0x9B };
-            Rip = 0;
-            UpdateMode();
-            _irqHint = true;
-            return false;
-        }
-        _wake.Wait(1);
-        return true;
-    }
-
-    /// <summary>While halted: true (after recording it) if an INIT arrived, which must end the HLT.</summary>
-    private bool PollInitWhileHalted()
-    {
-        var apic = _apic;
-        if (apic is null || !apic.TakePendingInit()) return false;
-        _initTaken = true;
-        _halted = false;
-        return true;
-    }
-
-    /// <summary>The state INIT leaves a CPU in (MSRs, APIC base and the x87/SSE state other than MXCSR are kept).</summary>
-    private void InitReset()
-    {
-        Array.Clear(Gpr);
-        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0;
-        GdtBase = 0; GdtLimit = 0xFFFF; IdtBase = 0; IdtLimit = 0xFFFF;
-        for (int i = 0; i < 8; i++) Dr[i] = 0;
-        Dr[6] = 0xFFFF0FF0; Dr[7] = 0x400;
-        _halted = false;
-        _interruptShadow = false;
-        _nmiBlocked = false;
-        Reset();
-        FlushTlb(true);
-        UpdateMode();
+        if (apic.TakePendingInit()) _initPending = 1;
+        if ((_waitForSipi || _initPending != 0) && apic.TryTakeStartupIpi(out byte vector)) _sipiVector = vector;
     }
 }
 

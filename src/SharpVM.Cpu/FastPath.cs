@@ -83,6 +83,7 @@ public sealed unsafe partial class EmulatorVcpu
     internal static DInsn Predecode(in Instruction i, int osz, int asz, int bitness)
     {
         var d = PredecodeGeneric(i, osz, asz, bitness);
+        if (d.Op == FastOp.None) PredecodeExtra(i, ref d, osz);
         if (d.DstHigh || d.SrcHigh) return d;
         if (osz == 8)
         {
@@ -460,7 +461,7 @@ public sealed unsafe partial class EmulatorVcpu
             case FastOp.MovsxRR: SetR(d.Dst, false, sz, (ulong)Bits.SignExtend(GetR(d.Src, d.SrcHigh, (int)d.Imm), (int)d.Imm)); return true;
             case FastOp.MovsxRM: SetR(d.Dst, false, sz, (ulong)Bits.SignExtend(Read(FastLinear(ref d), (int)d.Imm), (int)d.Imm)); return true;
             case FastOp.Nop: return true;
-            default: return false;
+            default: return ExecFastExtra(ref d);
         }
     }
 }

@@ -27,7 +27,7 @@ public sealed partial class EmulatorVcpu
         {
             Thread.Sleep(1);
             total++;
-            if (_waitingForSipi) waiting++;
+            if (_waitForSipi) waiting++;
             else if (_halted) halted++;
             else
             {

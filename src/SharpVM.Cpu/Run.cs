@@ -26,15 +26,14 @@ public sealed unsafe partial class EmulatorVcpu
                 _exitRequested = 0;
                 return new VcpuExit(VcpuExitReason.Interrupted);
             }
-            // Without a local APIC, INIT/SIPI come through Init()/Startup(); with one, through ServiceStartup below.
-            if (_apic is null && (_waitForSipi || _initPending != 0) && !HandleInitSipi())
+            if (_apic is not null) PollLocalApicStartup();
+            if ((_waitForSipi || _initPending != 0) && !HandleInitSipi())
             {
                 _wake.Wait(1);
                 continue;
             }
             try
             {
-                if (_apic is not null && ServiceStartup()) continue;
                 if (_halted)
                 {
                     if (_intSource is null)
@@ -107,8 +106,8 @@ public sealed unsafe partial class EmulatorVcpu
         var src = _intSource!;
         while (true)
         {
+            if (_apic is not null) PollLocalApicStartup();
             if (_exitRequested != 0 || _initPending != 0) return false;
-            if (PollInitWhileHalted()) return false;
             if (!_nmiBlocked && src.TakePendingNmi())
             {
                 _halted = false;

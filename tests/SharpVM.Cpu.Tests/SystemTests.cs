@@ -372,7 +372,8 @@ public sealed class SystemTests
         g.Load(0xC000, a => { a.mov(r10, 0x41); a.add(rsp, 40); a.hlt(); });
         SetGate(g, 0x41, 0xC000);
         g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.sti(); a.Label(ref l); a.inc(rax); a.jmp(l); });
-        var t = new Thread(() => { Thread.Sleep(50); src.Raise(0x41); Thread.Sleep(200); g.Cpu.RequestExit(); });
+        // Raise only once the guest spins (JIT and a loaded machine can delay its start past a fixed sleep).
+        var t = new Thread(() => { while (g.Cpu.InstructionsRetired < 10_000) Thread.Sleep(5); src.Raise(0x41); Thread.Sleep(300); g.Cpu.RequestExit(); });
         t.Start();
         var exit = g.Run();
         t.Join();

@@ -87,7 +87,7 @@ public sealed class LinuxBootFixture
         "echo GUEST-CPUS=$(grep -c ^processor /proc/cpuinfo); echo GUEST-DATE=$(date +%s); echo HELLO-$((6*7)); uname -a";
 
     public LinuxBootFixture() =>
-        _result = new Lazy<LinuxGuestBoot.Result>(() => LinuxGuestBoot.Boot(Command, cpus: 2, TimeSpan.FromSeconds(150)));
+        _result = new Lazy<LinuxGuestBoot.Result>(() => LinuxGuestBoot.Boot(Command, cpus: 2, TimeSpan.FromSeconds(200)));
 
     public LinuxGuestBoot.Result Result
     {
@@ -154,7 +154,7 @@ public class LinuxRebootTests
     [Fact]
     public void RebootEndsTheVmWithAResetStop()
     {
-        var r = LinuxGuestBoot.Boot("reboot -f", cpus: 1, TimeSpan.FromSeconds(150));
+        var r = LinuxGuestBoot.Boot("reboot -f", cpus: 1, TimeSpan.FromSeconds(200));
         Assert.True(r.Console.Contains(LinuxGuestBoot.Marker, StringComparison.Ordinal), $"no {LinuxGuestBoot.Marker}{Environment.NewLine}{r}");
         Assert.True(r.Report.Kind == VmStopKind.Reset, $"expected a reset{Environment.NewLine}{r}");
         Assert.Equal(2, r.Report.ExitCode);

@@ -1,0 +1,104 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace SharpVM.Cpu;
+
+/// <summary>
+/// More fast-path handlers, for forms that Linux's boot executes by the hundred million and the
+/// generic interpreter used to run (measured with SHARPVM_OPSTATS): two- and three-operand IMUL,
+/// CMOVcc, SETcc to a register, MOVSXD and ROL/ROR by an immediate. Their ids start at 200 so they
+/// never collide with <see cref="FastOp"/>'s.
+/// </summary>
+internal static class FastOpExtra
+{
+    public const byte ImulRR = 200, ImulRM = 201, ImulRRI = 202, ImulRMI = 203, CmovRR = 204, CmovRM = 205,
+        SetccR = 206, MovsxdRR = 207, MovsxdRM = 208, RotRI = 209;
+}
+
+public sealed partial class EmulatorVcpu
+{
+    /// <summary>Classifies the forms handled by <see cref="ExecFastExtra"/> (only when the generic predecoder found nothing).</summary>
+    private static void PredecodeExtra(in Instruction i, ref DInsn d, int osz)
+    {
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix || i.OpCount < 1) return;
+        if (i.Op0Kind != OpKind.Register || !IsGpr(i.Op0Register)) return;
+        var k1 = i.OpCount > 1 ? i.Op1Kind : OpKind.Register;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Imul when osz is 2 or 4 or 8 && i.OpCount >= 2:
+            {
+                SetDst(ref d, i.Op0Register);
+                bool imm = i.OpCount == 3;
+                if (imm)
+                {
+                    if (!IsImm(i.Op2Kind)) return;
+                    d.Imm = i.GetImmediate(2) & Bits.Mask(osz);
+                }
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register)) { SetSrc(ref d, i.Op1Register); d.Op = imm ? FastOpExtra.ImulRRI : FastOpExtra.ImulRR; }
+                else if (k1 == OpKind.Memory && SetMem(ref d, i)) d.Op = imm ? FastOpExtra.ImulRMI : FastOpExtra.ImulRM;
+                return;
+            }
+            case Mnemonic.Cmovo: case Mnemonic.Cmovno: case Mnemonic.Cmovb: case Mnemonic.Cmovae: case Mnemonic.Cmove: case Mnemonic.Cmovne:
+            case Mnemonic.Cmovbe: case Mnemonic.Cmova: case Mnemonic.Cmovs: case Mnemonic.Cmovns: case Mnemonic.Cmovp: case Mnemonic.Cmovnp:
+            case Mnemonic.Cmovl: case Mnemonic.Cmovge: case Mnemonic.Cmovle: case Mnemonic.Cmovg:
+                if (osz is not (2 or 4 or 8)) return;
+                SetDst(ref d, i.Op0Register);
+                d.Alu = (byte)i.ConditionCode;
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register)) { SetSrc(ref d, i.Op1Register); d.Op = FastOpExtra.CmovRR; }
+                else if (k1 == OpKind.Memory && SetMem(ref d, i)) d.Op = FastOpExtra.CmovRM;
+                return;
+            case Mnemonic.Seto: case Mnemonic.Setno: case Mnemonic.Setb: case Mnemonic.Setae: case Mnemonic.Sete: case Mnemonic.Setne:
+            case Mnemonic.Setbe: case Mnemonic.Seta: case Mnemonic.Sets: case Mnemonic.Setns: case Mnemonic.Setp: case Mnemonic.Setnp:
+            case Mnemonic.Setl: case Mnemonic.Setge: case Mnemonic.Setle: case Mnemonic.Setg:
+                SetDst(ref d, i.Op0Register);
+                d.Alu = (byte)i.ConditionCode;
+                d.Op = FastOpExtra.SetccR;
+                return;
+            case Mnemonic.Movsxd when i.Code == Code.Movsxd_r64_rm32:
+                SetDst(ref d, i.Op0Register);
+                if (k1 == OpKind.Register && IsGpr(i.Op1Register)) { SetSrc(ref d, i.Op1Register); d.Op = FastOpExtra.MovsxdRR; }
+                else if (k1 == OpKind.Memory && SetMem(ref d, i)) d.Op = FastOpExtra.MovsxdRM;
+                return;
+            case Mnemonic.Rol or Mnemonic.Ror when k1 == OpKind.Immediate8 && osz is 1 or 2 or 4 or 8:
+                SetDst(ref d, i.Op0Register);
+                d.Alu = (byte)(i.Mnemonic == Mnemonic.Rol ? 0 : 1);
+                d.Imm = i.Immediate8;
+                d.Op = FastOpExtra.RotRI;
+                return;
+        }
+    }
+
+    /// <summary>Executes a form classified by <see cref="PredecodeExtra"/>; false for anything else.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool ExecFastExtra(ref DInsn d)
+    {
+        int sz = d.Size;
+        switch (d.Op)
+        {
+            case FastOpExtra.ImulRR: SetR(d.Dst, false, sz, Imul2(GetR(d.Dst, false, sz), GetR(d.Src, false, sz), sz)); return true;
+            case FastOpExtra.ImulRM: SetR(d.Dst, false, sz, Imul2(GetR(d.Dst, false, sz), Read(FastLinear(ref d), sz), sz)); return true;
+            case FastOpExtra.ImulRRI: SetR(d.Dst, false, sz, Imul2(GetR(d.Src, false, sz), d.Imm, sz)); return true;
+            case FastOpExtra.ImulRMI: SetR(d.Dst, false, sz, Imul2(Read(FastLinear(ref d), sz), d.Imm, sz)); return true;
+            case FastOpExtra.CmovRR:
+            case FastOpExtra.CmovRM:
+            {
+                // The memory operand is read whatever the condition (it may fault), as on hardware.
+                ulong v = d.Op == FastOpExtra.CmovRR ? GetR(d.Src, false, sz) : Read(FastLinear(ref d), sz);
+                if (Cond((ConditionCode)d.Alu)) SetR(d.Dst, false, sz, v);
+                else if (sz == 4) SetR(d.Dst, false, 4, GetR(d.Dst, false, 4)); // a 32-bit CMOV always zero-extends
+                return true;
+            }
+            case FastOpExtra.SetccR: SetR(d.Dst, d.DstHigh, 1, Cond((ConditionCode)d.Alu) ? 1UL : 0); return true;
+            case FastOpExtra.MovsxdRR: SetR(d.Dst, false, 8, (ulong)(long)(int)GetR(d.Src, false, 4)); return true;
+            case FastOpExtra.MovsxdRM: SetR(d.Dst, false, 8, (ulong)(long)(int)Read(FastLinear(ref d), 4)); return true;
+            case FastOpExtra.RotRI:
+            {
+                ulong count = d.Imm & (sz == 8 ? 63u : 31u);
+                ulong res = Shift(d.Alu == 0 ? Mnemonic.Rol : Mnemonic.Ror, GetR(d.Dst, d.DstHigh, sz), d.Imm, sz);
+                if (count != 0 || sz == 4) SetR(d.Dst, d.DstHigh, sz, res);
+                return true;
+            }
+            default: return false;
+        }
+    }
+}
