@@ -8,6 +8,7 @@ public static class CliRunner
     public static int Invoke(RootCommand root, string[] args)
     {
         var result = root.Parse(args);
+        using var logging = CliLogging.Configure(result);
         try
         {
             // Our own handler below: System.CommandLine's default one prints stack traces.

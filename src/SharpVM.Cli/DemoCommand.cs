@@ -24,7 +24,7 @@ public static class DemoCommand
 
     private static int Run(int cpus, bool stats, Accelerator accelerator)
     {
-        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = accelerator == Accelerator.Auto ? Accelerator.Kvm : accelerator, InterruptController = true, Pit = false, TimeExits = stats };
+        var config = new VmConfig { MemoryBytes = 16UL << 20, Cpus = cpus, Accelerator = accelerator == Accelerator.Auto ? Accelerator.Kvm : accelerator, InterruptController = true, Pit = false, TimeExits = stats, LoggerFactory = CliLogging.Factory };
         try { config.Validate(); }
         catch (ArgumentException e) { throw new UserFacingException(e.Message); }
         using var vm = VmBuilder.Build(config);

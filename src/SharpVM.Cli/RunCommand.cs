@@ -77,7 +77,7 @@ public static class RunCommand
         if (initrd is not null && !File.Exists(initrd)) throw new UserFacingException($"--initrd {initrd}: no such file");
         string commandLine = o.GuestCommand.Length > 0 ? $"{o.CommandLine} -- {string.Join(' ', o.GuestCommand)}" : o.CommandLine;
 
-        var machine = new VmConfig { MemoryBytes = memoryBytes, Cpus = o.Cpus, Accelerator = o.Accel, TimeExits = o.Stats };
+        var machine = new VmConfig { MemoryBytes = memoryBytes, Cpus = o.Cpus, Accelerator = o.Accel, TimeExits = o.Stats, LoggerFactory = CliLogging.Factory };
         try { machine.Validate(); }
         catch (ArgumentException e) { throw new UserFacingException(e.Message); }
         var config = new LinuxVmConfig

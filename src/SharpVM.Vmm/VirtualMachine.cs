@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using SharpVM.Devices.Bus;
 using SharpVM.Hypervisor;
 using SharpVM.Memory;
@@ -17,6 +18,7 @@ public sealed class VirtualMachine : IDisposable
     private readonly List<VcpuThread> _vcpus = [];
     private readonly TaskCompletionSource<VmStopReport> _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _started;
+    private readonly ILogger _log;
 
     public VmConfig Config { get; }
     public GuestMemory Memory { get; }
@@ -38,6 +40,7 @@ public sealed class VirtualMachine : IDisposable
         Pio = pio;
         Mmio = mmio;
         Machine = machine;
+        _log = config.LoggerFactory.CreateLogger<VirtualMachine>();
     }
 
     internal void AddVcpu(IVcpu vcpu)
@@ -51,6 +54,7 @@ public sealed class VirtualMachine : IDisposable
     public void Start()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException("the VM is already started");
+        _log.LogInformation("starting the VM on {Backend}: {Cpus} vCPU(s), {MemoryMiB} MiB", Backend, _vcpus.Count, Memory.Size >> 20);
         foreach (var v in _vcpus) v.Start();
     }
 
@@ -69,6 +73,7 @@ public sealed class VirtualMachine : IDisposable
     public void RequestStop(VmStopReport report)
     {
         if (!_stopped.TrySetResult(report)) return;
+        _log.Log(report.Kind == VmStopKind.Error ? LogLevel.Error : LogLevel.Information, "the VM ends: {Report}", report.Describe());
         foreach (var v in _vcpus) v.RequestStop();
     }
 

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using SharpVM.Devices.Bus;
 using SharpVM.Hypervisor;
 using SharpVM.Hypervisor.Kvm;
@@ -34,8 +35,8 @@ public static class VmBuilder
         try
         {
             memory = GuestMemory.Create(config.MemoryBytes, new GuestMemoryOptions(config.HugePages, config.MergeablePages));
-            var pio = new PioBus();
-            var mmio = new MmioBus();
+            var pio = new PioBus { Logger = config.LoggerFactory.CreateLogger("SharpVM.Devices.PioBus") };
+            var mmio = new MmioBus { Logger = config.LoggerFactory.CreateLogger("SharpVM.Devices.MmioBus") };
             machine = hypervisor.CreateVm(memory, pio, mmio, new VmPlatformOptions(config.InterruptController, config.Pit, config.Cpus));
             var vm = new VirtualMachine(config, hypervisor, owns, memory, pio, mmio, machine);
             var supported = hypervisor.GetSupportedCpuid();

@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using SharpVM.Vmm.Host;
 
 namespace SharpVM.Vmm;
@@ -15,6 +17,8 @@ public sealed record VmConfig
     public bool Pit { get; init; } = true;
     /// <summary>Time every port/MMIO access for the exit tables (`--stats`); counts are kept regardless.</summary>
     public bool TimeExits { get; init; }
+    /// <summary>Where the VM logs its life (start, stop) and its devices' failures; nothing by default.</summary>
+    public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 
     public const int MaxCpus = 255;
 

@@ -94,4 +94,39 @@ public class PioTests
         Assert.Equal(1, vm.Pio.UnclaimedReads);
         Assert.Equal(1, vm.Pio.UnclaimedWrites);
     }
+
+    private sealed class ThrowingDevice : SharpVM.Devices.Bus.IBusDevice
+    {
+        public int Calls;
+        public void Read(ulong offset, Span<byte> data) { Calls++; throw new InvalidOperationException("garbage the device cannot handle"); }
+        public void Write(ulong offset, ReadOnlySpan<byte> data) { Calls++; throw new InvalidOperationException("garbage the device cannot handle"); }
+    }
+
+    /// <summary>A device that throws while the guest uses it is taken off the bus; the vCPU and the VM go on.</summary>
+    [Theory]
+    [MemberData(nameof(Backends.Both), MemberType = typeof(Backends))]
+    public void DeviceThatThrowsIsTakenOffTheBusAndTheGuestGoesOn(string backend)
+    {
+        var a = new Assembler(64);
+        a.mov(al, 1);
+        a.@out((byte)OutPort, al);        // the device throws here
+        a.@in(eax, (byte)OutPort);        // now an empty slot: all ones, the device is not called
+        a.mov(__dword_ptr[Results], eax);
+        a.mov(al, 2);
+        a.@out((byte)InPort, al);         // a healthy device still works
+        a.hlt();
+        using var hypervisor = Backends.Open(backend);
+        using var vm = TestGuest.Create(hypervisor, TestGuest.Assemble(a, TestGuest.CodeAddress), GuestMode.Long);
+        var broken = new ThrowingDevice();
+        var healthy = new RecordingDevice();
+        var range = vm.Pio.Register(OutPort, 1, broken, "thrower");
+        vm.Pio.Register(InPort, 1, healthy, "healthy");
+        vm.Start();
+        var report = vm.WaitForStop(TimeSpan.FromSeconds(30));
+        Assert.True(report.Kind == VmStopKind.Halted, report.Describe());
+        Assert.Equal(1, broken.Calls);
+        Assert.Contains("garbage the device cannot handle", range.Failure);
+        Assert.Equal(0xFFFF_FFFFu, vm.Memory.Read<uint>(new GuestAddress(Results)));
+        Assert.Equal([(1, 2UL)], healthy.Writes.Select(w => (w.Width, w.Value)));
+    }
 }

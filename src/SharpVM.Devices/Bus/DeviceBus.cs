@@ -1,3 +1,7 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
 namespace SharpVM.Devices.Bus;
 
 /// <summary>
@@ -10,8 +14,15 @@ public class DeviceBus(string name)
     private BusRange[] _ranges = [];
     private readonly List<BusRange> _byIndex = [];
     private long _unclaimedReads, _unclaimedWrites;
+    private readonly ConcurrentDictionary<ulong, bool> _unclaimedSeen = new();
+
+    /// <summary>How many distinct unclaimed addresses are logged (each once); guests probe many.</summary>
+    private const int MaxUnclaimedLogged = 64;
 
     public string Name { get; } = name;
+
+    /// <summary>Where device failures (errors) and first accesses to unclaimed addresses (debug) are logged.</summary>
+    public ILogger Logger { get; set; } = NullLogger.Instance;
 
     /// <summary>All ranges, in registration order (index = <see cref="BusRange.Index"/>).</summary>
     public IReadOnlyList<BusRange> Ranges
@@ -68,9 +79,19 @@ public class DeviceBus(string name)
         {
             data.Fill(0xFF);
             Interlocked.Increment(ref _unclaimedReads);
+            NoteUnclaimed(address, "read", data.Length);
             return null;
         }
-        r.Device.Read(address - r.Start, data);
+        if (r.Failure is not null) { data.Fill(0xFF); return r; }
+        try
+        {
+            r.Device.Read(address - r.Start, data);
+        }
+        catch (Exception e)
+        {
+            data.Fill(0xFF);
+            TakeOffTheBus(r, address, "read", data.Length, e);
+        }
         return r;
     }
 
@@ -81,10 +102,42 @@ public class DeviceBus(string name)
         if (r is null)
         {
             Interlocked.Increment(ref _unclaimedWrites);
+            NoteUnclaimed(address, "write", data.Length);
             return null;
         }
-        r.Device.Write(address - r.Start, data);
+        if (r.Failure is not null) return r;
+        try
+        {
+            r.Device.Write(address - r.Start, data);
+        }
+        catch (Exception e)
+        {
+            TakeOffTheBus(r, address, "write", data.Length, e);
+        }
         return r;
+    }
+
+    /// <summary>
+    /// A device that throws has met a state it does not handle (a bug, or a guest programming it with nonsense).
+    /// It must not take the vCPU thread, and with it the VM, down: every range of that device is marked broken,
+    /// the reason is logged once, and the guest from then on sees an empty slot.
+    /// </summary>
+    private void TakeOffTheBus(BusRange failed, ulong address, string access, int width, Exception e)
+    {
+        string why = $"{access} of {width} byte(s) at 0x{address:x} failed: {e.GetType().Name}: {e.Message}";
+        bool first = false;
+        foreach (var r in Volatile.Read(ref _ranges))
+            if (ReferenceEquals(r.Device, failed.Device)) first |= r.MarkBroken(why);
+        if (first)
+            Logger.LogError(e, "{Bus} device {Device} is broken and now ignored (reads all ones, writes dropped); the VM goes on: {Why}",
+                Name, failed.Name, why);
+    }
+
+    private void NoteUnclaimed(ulong address, string access, int width)
+    {
+        if (!Logger.IsEnabled(LogLevel.Debug) || _unclaimedSeen.Count >= MaxUnclaimedLogged || !_unclaimedSeen.TryAdd(address, true)) return;
+        Logger.LogDebug("{Bus} {Access} of {Width} byte(s) at 0x{Address:x}: no device there (reads all ones, writes dropped)",
+            Name, access, width, address);
     }
 }
 
