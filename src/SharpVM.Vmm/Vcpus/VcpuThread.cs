@@ -1,6 +1,7 @@
 using SharpVM.Hypervisor;
 using SharpVM.Vmm.Exits;
 using System.Diagnostics;
+using System.Globalization;
 
 namespace SharpVM.Vmm.Vcpus;
 
@@ -38,7 +39,9 @@ public sealed class VcpuThread
         _io = io;
         _onExit = onExit;
         _setup = setup;
-        _thread = new Thread(Loop) { Name = $"vcpu{vcpu.Id}", IsBackground = true };
+        // Concatenation, not $"vcpu{id}": an interpolated int goes through a pooled buffer whose first
+        // use JIT-compiles a thread-static helper on the VM-setup path (bench/README.md).
+        _thread = new Thread(Loop) { Name = "vcpu" + vcpu.Id.ToString(CultureInfo.InvariantCulture), IsBackground = true };
     }
 
     public VcpuState State
