@@ -1,4 +1,5 @@
 using SharpVM.Hypervisor;
+using SharpVM.Memory;
 using SharpVM.Vmm.Exits;
 using SharpVM.Vmm.Host;
 using SharpVM.Vmm.X86;
@@ -67,5 +68,28 @@ public class SetupPathTests
         Assert.Equal(fromArray, fromList);
         // A single vCPU: no HTT bit added.
         Assert.Equal(Supported[1].Edx, CpuidPolicy.ForVcpu(Supported, 0, 1)[1].Edx);
+    }
+
+    [Fact]
+    public async Task TheVcpuThreadAndTheStopTaskAreMadeOnFirstUse()
+    {
+        // The emulator backend, so this runs on any host: a real-mode HLT with interrupts off.
+        using var vm = VmBuilder.Build(new VmConfig { MemoryBytes = 2UL << 20, Accelerator = Accelerator.Emu, InterruptController = false, Pit = false });
+        var stopped = vm.Stopped;
+        Assert.False(stopped.IsCompleted);
+        Assert.True(vm.Vcpus[0].Join(TimeSpan.Zero), "a vCPU that was never started has nothing to join");
+        vm.Memory.Write(new GuestAddress(0x10000), (byte)0xF4);
+        vm.VcpuSetup = vcpu =>
+        {
+            vcpu.SetSpecialRegisters(GuestCpuSetup.RealMode(vcpu.GetSpecialRegisters(), 0x10000));
+            vcpu.SetRegisters(new Registers { Rip = 0, Rflags = 2 });
+        };
+        vm.Start();
+        var report = vm.WaitForStop(TimeSpan.FromSeconds(30));
+        Assert.True(report.Kind == VmStopKind.Halted, report.Describe());
+        Assert.Same(stopped, vm.Stopped);
+        Assert.Same(report, await stopped);
+        Assert.Throws<InvalidOperationException>(() => vm.Start());
+        Assert.Throws<InvalidOperationException>(() => vm.Vcpus[0].Start());
     }
 }
