@@ -29,7 +29,8 @@ def run_once(cmd, exits):
         sys.exit(f"{cmd[0]} failed with status {status}")
     fields = dict(kv.split("=") for kv in rest.split())
     return {"exit_ns": float(fields["exit_ns"]), "setup_us": float(fields["setup_us"]), "setup_cold_us": float(fields["setup_cold_us"]),
-            "first_exit_ms": first_exit_ms, "rss_mib": usage.ru_maxrss / 1024}
+            "first_exit_ms": first_exit_ms, "rss_mib": usage.ru_maxrss / 1024,
+            "setup_cold_jit": int(fields.get("setup_cold_jit", 0))}
 
 def main():
     ap = argparse.ArgumentParser()
@@ -51,6 +52,8 @@ def main():
         c = statistics.median(r[key] for r in results["C"])
         s = statistics.median(r[key] for r in results["SharpVM"])
         print(f"| {name} | {c:.1f} {unit} | {s:.1f} {unit} | {s / c:.2f}x |")
+    jit = [r["setup_cold_jit"] for r in results["SharpVM"]]
+    print(f"\nSharpVM methods JIT-compiled while the first VM was built (0 = all ReadyToRun): {min(jit)}-{max(jit)}")
 
 if __name__ == "__main__":
     main()

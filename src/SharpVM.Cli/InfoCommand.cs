@@ -28,7 +28,7 @@ public static class InfoCommand
         table.AddRow("Transparent huge pages", Markup.Escape(host.TransparentHugePages ?? "not available"));
         table.AddRow("Reserved huge pages", host.HugePagesTotal?.ToString() ?? "not available");
         var choice = AcceleratorPolicy.Resolve(Accelerator.Auto, host);
-        table.AddRow("--accel auto picks", Markup.Escape($"{choice.Chosen.ToString().ToLowerInvariant()}: {choice.Reason}"));
+        table.AddRow("--accel auto picks", Markup.Escape($"{AcceleratorPolicy.OptionValue(choice.Chosen)}: {choice.Reason}"));
         AnsiConsole.Write(table);
 
         if (host.Capabilities.Count > 0)

@@ -38,24 +38,38 @@ public sealed unsafe class GuestMemory : IDisposable
     public static GuestMemory Create(ulong ramBytes, GuestMemoryOptions? options = null)
     {
         options ??= new GuestMemoryOptions();
-        var ranges = MemoryLayout.RamRanges(ramBytes);
-        var regions = new List<GuestMemoryRegion>();
+        ulong high = MemoryLayout.HighRamSize(ramBytes);
+        // At most two regions, below and above the MMIO hole (see MemoryLayout).
+        var regions = new GuestMemoryRegion[high == 0 ? 1 : 2];
+        int created = 0;
         try
         {
-            foreach (var (start, size) in ranges)
-            {
-                var backing = MappedMemory.Anonymous(size);
-                regions.Add(new GuestMemoryRegion(start, size, backing));
-                if (options.HugePages) backing.Advise(MemoryAdvice.HugePage);
-                if (options.Mergeable) backing.Advise(MemoryAdvice.Mergeable);
-            }
+            regions[0] = CreateRegion(new GuestAddress(0), ramBytes - high, options);
+            created = 1;
+            if (high != 0) regions[1] = CreateRegion(new GuestAddress(MemoryLayout.MmioHoleEnd), high, options);
         }
         catch
         {
-            foreach (var r in regions) r.Dispose();
+            for (int i = 0; i < created; i++) regions[i].Dispose();
             throw;
         }
-        return new GuestMemory(regions.ToArray());
+        return new GuestMemory(regions);
+    }
+
+    private static GuestMemoryRegion CreateRegion(GuestAddress start, ulong size, GuestMemoryOptions options)
+    {
+        var backing = MappedMemory.Anonymous(size);
+        try
+        {
+            if (options.HugePages) backing.Advise(MemoryAdvice.HugePage);
+            if (options.Mergeable) backing.Advise(MemoryAdvice.Mergeable);
+        }
+        catch
+        {
+            backing.Dispose();
+            throw;
+        }
+        return new GuestMemoryRegion(start, size, backing);
     }
 
     /// <summary>Starts recording pages written through this object (see <see cref="SoftwareDirtyLog"/>).</summary>

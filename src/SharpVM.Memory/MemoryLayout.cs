@@ -13,9 +13,21 @@ public static class MemoryLayout
     /// <summary>The (start, size) pairs of RAM for a guest of <paramref name="ramBytes"/> bytes.</summary>
     public static IReadOnlyList<(GuestAddress Start, ulong Size)> RamRanges(ulong ramBytes)
     {
+        ulong high = HighRamSize(ramBytes);
+        if (high == 0) return [(new GuestAddress(0), ramBytes)];
+        return [(new GuestAddress(0), MmioHoleStart), (new GuestAddress(MmioHoleEnd), high)];
+    }
+
+    /// <summary>
+    /// Bytes of RAM above 4 GiB (0 if it all fits below the MMIO hole); the rest starts at 0. Checks
+    /// the size like <see cref="RamRanges"/>. <see cref="GuestMemory.Create"/> uses this rather than
+    /// <see cref="RamRanges"/>: a list of tuples of our own struct is a CoreLib generic that ReadyToRun
+    /// cannot precompile, so it would be JIT-compiled on the first VM's setup path (bench/README.md).
+    /// </summary>
+    public static ulong HighRamSize(ulong ramBytes)
+    {
         if (ramBytes == 0 || ramBytes % PageSize != 0)
             throw new ArgumentException($"guest RAM size {ramBytes} must be a non-zero multiple of {PageSize} bytes", nameof(ramBytes));
-        if (ramBytes <= MmioHoleStart) return [(new GuestAddress(0), ramBytes)];
-        return [(new GuestAddress(0), MmioHoleStart), (new GuestAddress(MmioHoleEnd), ramBytes - MmioHoleStart)];
+        return ramBytes <= MmioHoleStart ? 0 : ramBytes - MmioHoleStart;
     }
 }

@@ -16,7 +16,9 @@ public sealed class VirtualMachine : IDisposable
     private readonly IHypervisor _hypervisor;
     private readonly bool _ownsHypervisor;
     private readonly List<VcpuThread> _vcpus = [];
-    private readonly TaskCompletionSource<VmStopReport> _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Made on first use (a stop, or someone waiting for one), not by VmBuilder.Build: VM setup then
+    // does not pay for the task types' first use (bench/README.md).
+    private TaskCompletionSource<VmStopReport>? _stopped;
     private int _started;
     private readonly ILogger _log;
 
@@ -54,7 +56,8 @@ public sealed class VirtualMachine : IDisposable
     public void Start()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException("the VM is already started");
-        _log.LogInformation("starting the VM on {Backend}: {Cpus} vCPU(s), {MemoryMiB} MiB", Backend, _vcpus.Count, Memory.Size >> 20);
+        if (_log.IsEnabled(LogLevel.Information))
+            _log.LogInformation("starting the VM on {Backend}: {Cpus} vCPU(s), {MemoryMiB} MiB", Backend, _vcpus.Count, Memory.Size >> 20);
         foreach (var v in _vcpus) v.Start();
     }
 
@@ -72,21 +75,33 @@ public sealed class VirtualMachine : IDisposable
     /// </summary>
     public void RequestStop(VmStopReport report)
     {
-        if (!_stopped.TrySetResult(report)) return;
-        _log.Log(report.Kind == VmStopKind.Error ? LogLevel.Error : LogLevel.Information, "the VM ends: {Report}", report.Describe());
+        if (!StopSource.TrySetResult(report)) return;
+        if (_log.IsEnabled(LogLevel.Information))
+            _log.Log(report.Kind == VmStopKind.Error ? LogLevel.Error : LogLevel.Information, "the VM ends: {Report}", report.Describe());
         foreach (var v in _vcpus) v.RequestStop();
     }
 
     /// <summary>Completes when the VM has ended, with why.</summary>
-    public Task<VmStopReport> Stopped => _stopped.Task;
+    public Task<VmStopReport> Stopped => StopSource.Task;
+
+    private TaskCompletionSource<VmStopReport> StopSource
+    {
+        get
+        {
+            var source = Volatile.Read(ref _stopped);
+            if (source is not null) return source;
+            var fresh = new TaskCompletionSource<VmStopReport>(TaskCreationOptions.RunContinuationsAsynchronously);
+            return Interlocked.CompareExchange(ref _stopped, fresh, null) ?? fresh;
+        }
+    }
 
     /// <summary>Waits for the VM to end; stops it with <see cref="VmStopKind.Requested"/> on timeout.</summary>
     public VmStopReport WaitForStop(TimeSpan timeout)
     {
-        if (!_stopped.Task.Wait(timeout))
+        if (!StopSource.Task.Wait(timeout))
             RequestStop(new VmStopReport(VmStopKind.Requested, $"stopped after the {timeout.TotalSeconds:0.#} s time limit"));
         foreach (var v in _vcpus) v.Join(TimeSpan.FromSeconds(10));
-        return _stopped.Task.Result;
+        return StopSource.Task.Result;
     }
 
     private VmStopReport? HandleExit(VcpuThread thread, VcpuExit exit)

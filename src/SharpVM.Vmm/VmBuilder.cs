@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
 using SharpVM.Devices.Bus;
 using SharpVM.Hypervisor;
@@ -14,15 +15,15 @@ public static class VmBuilder
     /// <summary>Opens the backend the config asks for (auto: see <see cref="AcceleratorPolicy"/>).</summary>
     public static IHypervisor OpenHypervisor(Accelerator accelerator)
     {
-        var choice = AcceleratorPolicy.Resolve(accelerator, accelerator == Accelerator.Auto ? HostProbe.Probe() : EmptyHost);
-        return choice.Chosen switch
-        {
-            Accelerator.Kvm => KvmHypervisor.Open(),
-            _ => new SharpVM.Cpu.EmulatorHypervisor(),
-        };
+        // An explicit choice needs no host probe (nor the report types: VM setup stays lean).
+        var chosen = accelerator == Accelerator.Auto ? AcceleratorPolicy.Resolve(accelerator, HostProbe.Probe()).Chosen : accelerator;
+        return chosen == Accelerator.Kvm ? KvmHypervisor.Open() : OpenEmulator();
     }
 
-    private static readonly HostReport EmptyHost = new("", "", false, false, KvmProvider.None, false, null, null, [], null, null, null, null);
+    // Its own method so that the KVM path never loads SharpVM.Cpu (and what it pulls in): a
+    // ReadyToRun method resolves the types it names when it is first called.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static IHypervisor OpenEmulator() => new SharpVM.Cpu.EmulatorHypervisor();
 
     /// <summary>Builds a VM; <paramref name="hypervisor"/> if given is borrowed, otherwise one is opened and owned.</summary>
     public static VirtualMachine Build(VmConfig config, IHypervisor? hypervisor = null)

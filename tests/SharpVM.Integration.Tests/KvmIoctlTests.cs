@@ -14,6 +14,33 @@ namespace SharpVM.Integration.Tests;
 public class KvmIoctlTests
 {
     [Fact]
+    public void CpuidSetFromAnArrayOrASpanReachesTheKernel()
+    {
+        using var system = KvmSystem.Open();
+        using var vm = system.CreateVm();
+        using var vcpu = vm.CreateVcpu(0);
+        var supported = system.GetSupportedCpuid();
+        Assert.InRange(supported.Length, 2, 256);
+
+        // The array overload (the VM-setup path). KVM adjusts some leaves to the vCPU's state (1, 7,
+        // 0xD) and may drop others, so: every leaf read back is one we set, and the basic and extended
+        // maximum leaves (0 and 0x80000000), which it keeps as given, come back field for field.
+        vcpu.SetCpuid2(supported);
+        var set = vcpu.GetCpuid2();
+        Assert.All(set, e => Assert.Contains(supported, s => s.Function == e.Function && s.Index == e.Index));
+        Assert.True(set.Length >= supported.Length / 2, $"{set.Length} of {supported.Length} leaves came back");
+        var kept = supported.Where(e => e.Function is 0 or 0x8000_0000).ToArray();
+        Assert.Equal(2, kept.Length);
+        foreach (var leaf in kept) Assert.Equal(Fields(leaf), Fields(Assert.Single(set, e => e.Function == leaf.Function)));
+
+        // The span overload: exactly those two leaves are what the kernel then holds.
+        vcpu.SetCpuid2((ReadOnlySpan<KvmCpuidEntry2>)kept);
+        Assert.Equal(kept.Select(Fields), vcpu.GetCpuid2().Select(Fields));
+    }
+
+    private static (uint, uint, uint, uint, uint, uint, uint) Fields(KvmCpuidEntry2 e) => (e.Function, e.Index, e.Flags, e.Eax, e.Ebx, e.Ecx, e.Edx);
+
+    [Fact]
     public unsafe void VcpuStateRoundTripsThroughTheKernel()
     {
         using var system = KvmSystem.Open();

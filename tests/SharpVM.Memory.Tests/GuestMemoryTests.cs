@@ -26,6 +26,35 @@ public class GuestMemoryTests
         Assert.Equal(0x1234_5678UL, m.Read<ulong>(new GuestAddress(MemoryLayout.MmioHoleEnd + 8)));
     }
 
+    [Theory]
+    [InlineData(2UL << 20)]
+    [InlineData(0xC000_0000UL)]            // exactly up to the hole: one region
+    [InlineData(0xC000_0000UL + 4096)]     // one page more: a second region at 4 GiB
+    [InlineData(6UL << 30)]
+    public void RegionsAreTheLayoutsRamRanges(ulong ramBytes)
+    {
+        using var m = GuestMemory.Create(ramBytes);
+        var ranges = MemoryLayout.RamRanges(ramBytes);
+        Assert.Equal(ranges.Count, m.Regions.Count);
+        for (int i = 0; i < ranges.Count; i++)
+        {
+            Assert.Equal(ranges[i].Start, m.Regions[i].Start);
+            Assert.Equal(ranges[i].Size, m.Regions[i].Size);
+            Assert.Equal((ulong)m.Regions[i].Backing.Length, m.Regions[i].Size);
+        }
+        Assert.Equal(ramBytes, m.Size);
+    }
+
+    [Theory]
+    [InlineData(0UL)]
+    [InlineData((2UL << 20) + 1)]
+    public void BadRamSizesAreRefusedByName(ulong ramBytes)
+    {
+        var e = Assert.Throws<ArgumentException>(() => GuestMemory.Create(ramBytes));
+        Assert.Contains($"guest RAM size {ramBytes}", e.Message);
+        Assert.Throws<ArgumentException>(() => MemoryLayout.RamRanges(ramBytes));
+    }
+
     [Fact]
     public void TypedReadsAndWritesRoundTripUnaligned()
     {

@@ -46,10 +46,25 @@ public class DeviceBus(string name)
                         $"{Name} bus: {deviceName} [0x{start:x}-0x{start + length - 1:x}] overlaps {r}");
             var range = new BusRange(start, length, device, deviceName, _byIndex.Count);
             _byIndex.Add(range);
-            var next = _ranges.Append(range).OrderBy(x => x.Start).ToArray();
-            Volatile.Write(ref _ranges, next);
+            Volatile.Write(ref _ranges, InsertSorted(_ranges, range));
             return range;
         }
+    }
+
+    /// <summary>
+    /// A copy of <paramref name="sorted"/> with <paramref name="range"/> inserted by start address.
+    /// By hand rather than LINQ's OrderBy: OrderBy over a ulong key is a generic instantiation that
+    /// ReadyToRun does not pregenerate, JIT-compiled while the first VM is wired up (bench/README.md).
+    /// </summary>
+    private static BusRange[] InsertSorted(BusRange[] sorted, BusRange range)
+    {
+        int at = 0;
+        while (at < sorted.Length && sorted[at].Start < range.Start) at++;
+        var next = new BusRange[sorted.Length + 1];
+        Array.Copy(sorted, 0, next, 0, at);
+        next[at] = range;
+        Array.Copy(sorted, at, next, at + 1, sorted.Length - at);
+        return next;
     }
 
     /// <summary>The range containing <paramref name="address"/>, or null.</summary>

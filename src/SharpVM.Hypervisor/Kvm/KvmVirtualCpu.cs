@@ -152,6 +152,16 @@ public sealed class KvmVirtualCpu : IVcpu
 
     public void SetCpuid(IReadOnlyList<CpuidEntry> entries)
     {
+        // An array (what VmBuilder passes) is indexed directly: Count and the indexer through
+        // IReadOnlyList<CpuidEntry> are CoreLib generics over our struct that ReadyToRun cannot
+        // precompile, so they would be JIT-compiled on the first VM's setup path (bench/README.md).
+        if (entries is CpuidEntry[] array)
+        {
+            var converted = new KvmCpuidEntry2[array.Length];
+            for (int i = 0; i < array.Length; i++) converted[i] = KvmConversions.ToKvm(array[i]);
+            _vcpu.SetCpuid2(converted);
+            return;
+        }
         var raw = new KvmCpuidEntry2[entries.Count];
         for (int i = 0; i < raw.Length; i++) raw[i] = KvmConversions.ToKvm(entries[i]);
         _vcpu.SetCpuid2(raw);

@@ -31,7 +31,16 @@ public sealed unsafe class KvmSystem : IDisposable
             };
         }
         var system = new KvmSystem(new FileDescriptor(fd));
-        int version = system.GetApiVersion();
+        int version;
+        try
+        {
+            version = system.GetApiVersion();
+        }
+        catch
+        {
+            system.Dispose();
+            throw;
+        }
         if (version != ExpectedApiVersion)
         {
             system.Dispose();
@@ -45,8 +54,13 @@ public sealed unsafe class KvmSystem : IDisposable
     public int GetApiVersion() => (int)Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.GetApiVersion, 0), "KVM_GET_API_VERSION");
 
     /// <summary>KVM_CHECK_EXTENSION: 0 if absent, otherwise a capability-specific positive value.</summary>
-    public int CheckExtension(KvmCapability capability) =>
-        (int)Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.CheckExtension, (nint)capability), $"KVM_CHECK_EXTENSION({capability})");
+    public int CheckExtension(KvmCapability capability)
+    {
+        int result = Native.ioctl(_fd.Number, KvmIoctls.CheckExtension, (nint)capability);
+        // The name (an enum formatted by reflection) is built only on failure.
+        if (result < 0) throw new SystemCallException($"KVM_CHECK_EXTENSION({capability})", Marshal.GetLastPInvokeError());
+        return result;
+    }
 
     /// <summary>KVM_GET_VCPU_MMAP_SIZE: the size of each vCPU's kvm_run mapping.</summary>
     public int GetVcpuMmapSize() => (int)Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.GetVcpuMmapSize, 0), "KVM_GET_VCPU_MMAP_SIZE");
@@ -60,8 +74,7 @@ public sealed unsafe class KvmSystem : IDisposable
         new Span<byte>(buffer, bytes).Clear();
         ((KvmCpuid2*)buffer)->Nent = maxEntries;
         Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.GetSupportedCpuid, (nint)buffer), "KVM_GET_SUPPORTED_CPUID");
-        int n = (int)((KvmCpuid2*)buffer)->Nent;
-        return new ReadOnlySpan<KvmCpuidEntry2>(buffer + sizeof(KvmCpuid2), n).ToArray();
+        return KvmCpuidEntries.Copy((KvmCpuidEntry2*)(buffer + sizeof(KvmCpuid2)), (int)((KvmCpuid2*)buffer)->Nent);
     }
 
     /// <summary>KVM_CREATE_VM with the default machine type.</summary>

@@ -99,11 +99,27 @@ public sealed unsafe class KvmVcpu : IDisposable
     /// <summary>KVM_SET_CPUID2: the CPUID leaves the guest will see.</summary>
     public void SetCpuid2(ReadOnlySpan<KvmCpuidEntry2> entries)
     {
-        byte[] buffer = new byte[sizeof(KvmCpuid2) + entries.Length * sizeof(KvmCpuidEntry2)];
+        fixed (KvmCpuidEntry2* p = entries) SetCpuid2(p, entries.Length);
+    }
+
+    /// <summary>
+    /// KVM_SET_CPUID2 from an array: what the VM-setup path calls, because the span overload's
+    /// conversion and copy are CoreLib generics over our struct that ReadyToRun cannot precompile
+    /// (they would be JIT-compiled while the first VM is built; see bench/README.md).
+    /// </summary>
+    public void SetCpuid2(KvmCpuidEntry2[] entries)
+    {
+        fixed (KvmCpuidEntry2* p = entries) SetCpuid2(p, entries.Length);
+    }
+
+    private void SetCpuid2(KvmCpuidEntry2* entries, int count)
+    {
+        byte[] buffer = new byte[sizeof(KvmCpuid2) + count * sizeof(KvmCpuidEntry2)];
         fixed (byte* p = buffer)
         {
-            ((KvmCpuid2*)p)->Nent = (uint)entries.Length;
-            entries.CopyTo(new Span<KvmCpuidEntry2>(p + sizeof(KvmCpuid2), entries.Length));
+            ((KvmCpuid2*)p)->Nent = (uint)count;
+            long bytes = (long)count * sizeof(KvmCpuidEntry2);
+            Buffer.MemoryCopy(entries, p + sizeof(KvmCpuid2), bytes, bytes);
             Ioctl(KvmIoctls.SetCpuid2, p, "KVM_SET_CPUID2");
         }
     }
@@ -117,7 +133,7 @@ public sealed unsafe class KvmVcpu : IDisposable
         {
             ((KvmCpuid2*)p)->Nent = max;
             Ioctl(KvmIoctls.GetCpuid2, p, "KVM_GET_CPUID2");
-            return new ReadOnlySpan<KvmCpuidEntry2>(p + sizeof(KvmCpuid2), (int)((KvmCpuid2*)p)->Nent).ToArray();
+            return KvmCpuidEntries.Copy((KvmCpuidEntry2*)(p + sizeof(KvmCpuid2)), (int)((KvmCpuid2*)p)->Nent);
         }
     }
 

@@ -40,7 +40,7 @@ public sealed unsafe class KvmVm : IDisposable
             MemorySize = memory.Length,
             UserspaceAddr = (ulong)memory.Pointer,
         };
-        Ioctl(KvmIoctls.SetUserMemoryRegion, (nint)(&region), $"KVM_SET_USER_MEMORY_REGION(slot {slot})");
+        Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.SetUserMemoryRegion, (nint)(&region)), "KVM_SET_USER_MEMORY_REGION", "slot ", slot);
     }
 
     /// <summary>KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and a local APIC per vCPU.</summary>
@@ -117,7 +117,7 @@ public sealed unsafe class KvmVm : IDisposable
     /// <summary>KVM_CREATE_VCPU, and maps its kvm_run page.</summary>
     public KvmVcpu CreateVcpu(int id)
     {
-        int fd = Ioctl(KvmIoctls.CreateVcpu, id, $"KVM_CREATE_VCPU({id})");
+        int fd = (int)Errno.Check(Native.ioctl(_fd.Number, KvmIoctls.CreateVcpu, id), "KVM_CREATE_VCPU", "", id);
         var descriptor = new FileDescriptor(fd);
         try
         {

@@ -35,4 +35,16 @@ public static class Errno
         if (result < 0) throw new SystemCallException(call, Marshal.GetLastPInvokeError());
         return result;
     }
+
+    /// <summary>
+    /// Like <see cref="Check(long, string)"/> for a call named with its argument,
+    /// "CALL(<paramref name="argumentLabel"/><paramref name="argument"/>)". The name is built only on
+    /// failure: formatting it on every call puts string building (the first use of which costs the
+    /// runtime about a millisecond) on paths such as VM setup (bench/README.md).
+    /// </summary>
+    public static long Check(long result, string call, string argumentLabel, long argument)
+    {
+        if (result < 0) throw new SystemCallException($"{call}({argumentLabel}{argument})", Marshal.GetLastPInvokeError());
+        return result;
+    }
 }

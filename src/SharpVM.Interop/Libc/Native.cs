@@ -7,8 +7,18 @@ internal static unsafe partial class Native
 {
     private const string Lib = "libc.so.6";
 
-    [LibraryImport(Lib, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    internal static partial int open(string path, int flags, int mode);
+    /// <summary>open(2) with a path given as a .NET string.</summary>
+    internal static int open(string path, int flags, int mode)
+    {
+        // Paths are short; a long one is the kernel's to refuse (ENAMETOOLONG), so it still goes through.
+        int max = NullTerminatedUtf8.MaxBytes(path);
+        Span<byte> buffer = max <= 1024 ? stackalloc byte[max] : new byte[max];
+        NullTerminatedUtf8.Encode(path, buffer);
+        fixed (byte* p = buffer) return open(p, flags, mode);
+    }
+
+    [LibraryImport(Lib, SetLastError = true)]
+    private static partial int open(byte* path, int flags, int mode);
 
     [LibraryImport(Lib, SetLastError = true)]
     internal static partial int close(int fd);

@@ -8,7 +8,9 @@ namespace SharpVM.Vmm.Exits;
 /// </summary>
 public sealed class ExitStatistics(int vcpuId)
 {
-    private static readonly int KindCount = Enum.GetValues<ExitKind>().Length;
+    // Unknown is ExitKind's last member (a test records every member). Not Enum.GetValues: that is
+    // reflection, milliseconds on the first VM's setup path (bench/README.md).
+    private const int KindCount = (int)ExitKind.Unknown + 1;
     private readonly long[] _count = new long[KindCount];
     private readonly long[] _ticks = new long[KindCount];
     private readonly long[] _portCount = new long[65536];

@@ -15,7 +15,7 @@ public static class AcceleratorPolicy
     public static AcceleratorChoice Resolve(Accelerator requested, HostReport host)
     {
         if (requested != Accelerator.Auto)
-            return new(requested, $"--accel {requested.ToString().ToLowerInvariant()} was asked for");
+            return new(requested, $"--accel {OptionValue(requested)} was asked for");
         if (host.HardwareKvm)
             return new(Accelerator.Kvm, $"/dev/kvm is provided by {Describe(host.Provider)} with hardware virtualization");
         if (host.Provider == KvmProvider.KvmPvm)
@@ -24,6 +24,18 @@ public static class AcceleratorPolicy
             return new(Accelerator.Emu, "there is no /dev/kvm, so SharpVM's own CPU runs the guest");
         return new(Accelerator.Emu, $"/dev/kvm is unusable ({host.KvmError ?? "unknown provider"}), so SharpVM's own CPU runs the guest");
     }
+
+    /// <summary>
+    /// The `--accel` spelling of <paramref name="accelerator"/>. A switch, not Enum.ToString: that is
+    /// reflection, milliseconds on the first VM's setup path (bench/README.md).
+    /// </summary>
+    public static string OptionValue(Accelerator accelerator) => accelerator switch
+    {
+        Accelerator.Auto => "auto",
+        Accelerator.Kvm => "kvm",
+        Accelerator.Emu => "emu",
+        _ => ((int)accelerator).ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
 
     public static string Describe(KvmProvider provider) => provider switch
     {

@@ -50,6 +50,27 @@ public class DeviceBusTests
     }
 
     [Fact]
+    public void RangesRegisteredInAnyOrderAreAllFound()
+    {
+        var bus = new MmioBus();
+        // 64 ranges of 0x100 with gaps of 0x100, registered in a scrambled order (37 is coprime to 64).
+        for (int i = 0; i < 64; i++)
+        {
+            int slot = i * 37 % 64;
+            var range = bus.Register((ulong)slot * 0x200, 0x100, new EchoDevice(), $"d{slot}");
+            Assert.Equal(i, range.Index);
+        }
+        for (int slot = 0; slot < 64; slot++)
+        {
+            ulong start = (ulong)slot * 0x200;
+            Assert.Equal($"d{slot}", bus.Find(start)!.Name);
+            Assert.Equal($"d{slot}", bus.Find(start + 0xFF)!.Name);
+            Assert.Null(bus.Find(start + 0x100));
+        }
+        Assert.Equal(64, bus.Ranges.Count);
+    }
+
+    [Fact]
     public void UnclaimedReadsAreAllOnesAndCounted()
     {
         var bus = new MmioBus();
