@@ -1,3 +1,4 @@
+using Microsoft.Win32.SafeHandles;
 using SharpVM.Interop.Libc;
 
 namespace SharpVM.Cli.Serial;
@@ -31,7 +32,9 @@ internal sealed class StdioSerialBackend(bool interactive) : ISerialBackend
 
     private void ReadInput(Action<ReadOnlySpan<byte>> toGuest, Action quit)
     {
-        using var stdin = Console.OpenStandardInput();
+        // Not Console.OpenStandardInput(): on a terminal .NET reads through its own line editor, which
+        // echoes on the host and hands over nothing until Enter (so Ctrl-A x would never arrive).
+        using var stdin = new FileStream(new SafeFileHandle(0, ownsHandle: false), FileAccess.Read, bufferSize: 0);
         var buffer = new byte[256];
         var forward = new byte[256];
         bool escape = false;
