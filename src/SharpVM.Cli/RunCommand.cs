@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
+using SharpVM.Cli.Serial;
 using SharpVM.Vmm;
 using SharpVM.Vmm.Boot;
 using SharpVM.Vmm.Exits;
@@ -18,7 +20,7 @@ public static class RunCommand
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM: a number of MiB, or with K/M/G suffix (e.g. 512M, 2G).", DefaultValueFactory = _ => "512M" };
         var cpus = new Option<int>("--cpus") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 1 };
         var accel = new Option<Accelerator>("--accel") { Description = "Backend: auto (KVM where it has VMX/SVM, else emu), kvm, or emu (SharpVM's own CPU).", DefaultValueFactory = _ => Accelerator.Auto };
-        var serial = new Option<string>("--serial") { Description = "COM1: stdio (terminal in raw mode; Ctrl-A x quits), file:PATH, or none.", DefaultValueFactory = _ => "stdio" };
+        var serial = new Option<string>("--serial") { Description = "COM1: stdio (terminal in raw mode; Ctrl-A x quits), file:PATH (output only), unix:PATH or tcp:[HOST]:PORT (SharpVM listens; one client at a time gets the output and types to the guest; HOST defaults to 127.0.0.1), or none.", DefaultValueFactory = _ => "stdio" };
         var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range when the VM ends." };
         var reboot = new Option<bool>("--reboot") { Description = "Restart the guest when it reboots (default: end with exit status 2)." };
         var guestDecompress = new Option<bool>("--guest-decompress") { Description = "Let the kernel decompress itself instead of SharpVM decompressing it on the host." };
@@ -28,13 +30,16 @@ public static class RunCommand
             Boot a Linux guest on a serial console.
 
             Exit status: 0 the guest powered off, 2 it rebooted, 3 it halted for good, 4 triple fault,
-            5 SharpVM's backend failed, 124 --timeout expired, 1 bad arguments.
+            5 SharpVM's backend failed, 124 --timeout expired, 130/143 SIGINT/SIGTERM, 1 bad arguments.
 
             Examples:
               sharpvm run                                   boot the default guest to a shell
               sharpvm run -- uname -a                       run one command in the default guest
               sharpvm run --cpus 2 --memory 1G --accel emu -- cat /proc/cpuinfo
               sharpvm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
+              sharpvm run --serial unix:/tmp/vm.sock        console on a Unix socket: socat -,rawer UNIX-CONNECT:/tmp/vm.sock
+              sharpvm run --serial tcp::4444                console on 127.0.0.1:4444 (tcp:0.0.0.0:4444 for every address)
+              sharpvm run --serial file:boot.log -- dmesg   guest output to a file
             """);
         foreach (var o in new Option[] { kernel, initrd, cmdline, memory, cpus, accel, serial, stats, reboot, guestDecompress, timeout }) command.Options.Add(o);
         command.Arguments.Add(guestCommand);
@@ -86,18 +91,52 @@ public static class RunCommand
             LoadMode = o.GuestDecompress ? KernelLoadMode.GuestDecompress : KernelLoadMode.Auto,
         };
 
-        using var console = SerialConsole.Open(o.Serial);
+        using var console = SerialConsole.Open(o.Serial, interactive: o.GuestCommand.Length == 0, Console.Error);
+        // SIGINT/SIGTERM stop the VM the ordinary way, so the console is closed and a socket file removed.
+        // (On a raw-mode terminal Ctrl-C is a key for the guest, not a signal.)
+        var stopSignal = new StopSignal();
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, stopSignal.Handle);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, stopSignal.Handle);
         while (true)
         {
-            var report = BootOnce(config, console, o);
-            if (report.Kind == VmStopKind.Reset && o.Reboot) continue;
+            var report = BootOnce(config, console, stopSignal, o);
+            if (report.Kind == VmStopKind.Reset && o.Reboot && stopSignal.Received is null) continue;
+            console.Flush(TimeSpan.FromSeconds(2));
             if (report.Kind is not (VmStopKind.PowerOff or VmStopKind.Requested))
                 Console.Error.WriteLine($"\r\nsharpvm: {report.Describe().ReplaceLineEndings("\r\n")}");
+            if (stopSignal.Received is PosixSignal signal) return signal == PosixSignal.SIGINT ? 130 : 143;
             return report.Kind == VmStopKind.Requested && report.Message.StartsWith("stopped after", StringComparison.Ordinal) ? 124 : report.ExitCode;
         }
     }
 
-    private static VmStopReport BootOnce(LinuxVmConfig config, SerialConsole console, RunOptions o)
+    /// <summary>SIGINT/SIGTERM turned into a stop request for whichever VM is running.</summary>
+    private sealed class StopSignal
+    {
+        private readonly Lock _lock = new();
+        private VirtualMachine? _vm;
+        public PosixSignal? Received { get; private set; }
+
+        public void Attach(VirtualMachine? vm)
+        {
+            lock (_lock)
+            {
+                _vm = vm;
+                if (vm is not null && Received is PosixSignal s) vm.RequestStop(new VmStopReport(VmStopKind.Requested, $"stopped by {s}"));
+            }
+        }
+
+        public void Handle(PosixSignalContext context)
+        {
+            context.Cancel = true; // we end the process ourselves, after cleaning up
+            lock (_lock)
+            {
+                Received ??= context.Signal;
+                _vm?.RequestStop(new VmStopReport(VmStopKind.Requested, $"stopped by {context.Signal}"));
+            }
+        }
+    }
+
+    private static VmStopReport BootOnce(LinuxVmConfig config, SerialConsole console, StopSignal stopSignal, RunOptions o)
     {
         LinuxVm linux;
         try { linux = LinuxVm.Create(config, console.Write); }
@@ -108,12 +147,26 @@ public static class RunCommand
         using (linux)
         {
             var vm = linux.Vm;
-            console.QuitRequested += () => vm.RequestStop(new VmStopReport(VmStopKind.Requested, "quit with Ctrl-A x"));
-            console.ConnectInput(linux.Platform.Com1, interactive: o.Serial == "stdio" && o.GuestCommand.Length == 0);
-            vm.Start();
-            var report = vm.WaitForStop(o.Timeout is double t ? TimeSpan.FromSeconds(t) : Timeout.InfiniteTimeSpan);
-            if (o.Stats) StatsTable.Write(vm, Spectre.Console.AnsiConsole.Console);
-            return report;
+            Action quit = () => vm.RequestStop(new VmStopReport(VmStopKind.Requested, "quit with Ctrl-A x"));
+            console.QuitRequested += quit;
+            console.ConnectInput(linux.Platform.Com1);
+            stopSignal.Attach(vm);
+            try
+            {
+                vm.Start();
+                var report = vm.WaitForStop(o.Timeout is double t ? TimeSpan.FromSeconds(t) : Timeout.InfiniteTimeSpan);
+                if (o.Stats)
+                {
+                    console.Flush(TimeSpan.FromSeconds(2));
+                    StatsTable.Write(vm, Spectre.Console.AnsiConsole.Console);
+                }
+                return report;
+            }
+            finally
+            {
+                stopSignal.Attach(null);
+                console.QuitRequested -= quit;
+            }
         }
     }
 }

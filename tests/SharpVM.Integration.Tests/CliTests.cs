@@ -36,6 +36,8 @@ public class CliTests
     [InlineData("run --kernel /etc/hostname", "not a Linux kernel")]
     [InlineData("run --kernel /etc/hostname --initrd /nonexistent/initrd", "--initrd")]
     [InlineData("run --serial bogus --kernel /etc/hostname", "--serial bogus")]
+    [InlineData("run --serial tcp::99999 --kernel /etc/hostname", "--serial tcp::99999: bad port")]
+    [InlineData("run --serial unix:/etc/hostname --kernel /etc/hostname", "exists and is not a socket")]
     [InlineData("run --accel warp", "warp")]
     [InlineData("demo --cpus 300", "--cpus 300")]
     public void BadArgumentsGiveAClearErrorAndANonZeroExit(string arguments, string expected)

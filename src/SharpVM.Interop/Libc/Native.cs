@@ -23,6 +23,10 @@ internal static unsafe partial class Native
     [LibraryImport(Lib, SetLastError = true)]
     internal static partial int close(int fd);
 
+    // glibc 2.33+ exports lstat itself (before, it was a macro over __lxstat).
+    [LibraryImport(Lib, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int lstat(string path, byte* statBuffer);
+
     [LibraryImport(Lib, SetLastError = true)]
     internal static partial nint read(int fd, void* buffer, nuint count);
 
