@@ -141,7 +141,8 @@ internal static class ImgCommon
         });
     }
 
-    public static string Json(JsonNode node) => node.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
+    /// <summary>qemu-img's JSON layout: 4-space indent, members in qemu's QDict order (see <see cref="QemuJsonOrder"/>).</summary>
+    public static string Json(JsonNode node) => QemuJsonOrder.Apply(node)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
 
     public static Qcow2CreateOptions CreateOptionsFrom(Dictionary<string, string> o, long size, Dictionary<string, string> secrets)
     {

@@ -142,7 +142,8 @@ internal static class ImgConvert
                 if (pr.GetValue(output) == "json")
                 {
                     var j = new JsonObject();
-                    if (of == "qcow2") j["bitmaps"] = 0;
+                    // qemu-img reports bitmaps only when the source is an image that can hold them (qcow2).
+                    if (of == "qcow2" && img is Qcow2Image { Header.Version: >= 3 }) j["bitmaps"] = 0;
                     j["required"] = required; j["fully-allocated"] = full;
                     Console.WriteLine(Json(j));
                 }

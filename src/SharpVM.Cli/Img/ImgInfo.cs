@@ -32,7 +32,7 @@ internal static class ImgInfo
                 var info = InfoJson(img, cur);
                 infos.Add(info);
                 if (!pr.GetValue(chain) || img is not Qcow2Image q || q.Header.BackingFile == null) break;
-                cur = DiskImage.ResolveBacking(cur, q.Header.BackingFile);
+                cur = BackingDisplayPath(cur, q.Header.BackingFile);
                 curFmt = q.Header.BackingFormat;
             }
             if (json) Console.WriteLine(pr.GetValue(chain) ? Json(new JsonArray(infos.Cast<JsonNode>().ToArray())) : Json(infos[0]));
@@ -72,12 +72,16 @@ internal static class ImgInfo
                 data["corrupt"] = (h.IncompatibleFeatures & Qcow2Header.IncompatCorrupt) != 0;
                 data["extended-l2"] = h.ExtendedL2;
             }
-            else data["compression-type"] = "zlib";
+            else
+            {
+                data["compression-type"] = "zlib";
+                data["refcount-bits"] = 16; // v2 images always have 16-bit refcounts, and qemu-img says so
+            }
             if (h.CryptMethod == 2) data["encrypt"] = new JsonObject { ["format"] = "luks" };
             o["format-specific"] = new JsonObject { ["type"] = "qcow2", ["data"] = data };
             if (h.BackingFile != null)
             {
-                o["full-backing-filename"] = DiskImage.ResolveBacking(name, h.BackingFile) is var f && !Path.IsPathRooted(h.BackingFile) && !Path.IsPathRooted(name) ? Path.Combine(Path.GetDirectoryName(name) ?? "", h.BackingFile) : DiskImage.ResolveBacking(name, h.BackingFile);
+                o["full-backing-filename"] = BackingDisplayPath(name, h.BackingFile);
                 o["backing-filename"] = h.BackingFile;
             }
             o["dirty-flag"] = (h.IncompatibleFeatures & Qcow2Header.IncompatDirty) != 0;
@@ -92,6 +96,15 @@ internal static class ImgInfo
         }
         return o;
     }
+
+    /// <summary>
+    /// The backing file's name as qemu-img shows it: relative to the overlay's directory as the user spelled it
+    /// ("dir/top.qcow2" → "dir/base.qcow2"), not made absolute.
+    /// </summary>
+    private static string BackingDisplayPath(string overlay, string backing) =>
+        !Path.IsPathRooted(backing) && !Path.IsPathRooted(overlay)
+            ? Path.Combine(Path.GetDirectoryName(overlay) ?? "", backing)
+            : DiskImage.ResolveBacking(overlay, backing);
 
     private static void PrintHuman(JsonObject o)
     {

@@ -835,6 +835,7 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 var c = ClassifyCluster(pos);
                 if (c.Kind != first.Kind) break;
+                if ((first.HostOffset >= 0) != (c.HostOffset >= 0)) break;
                 if (first.HostOffset >= 0 && c.HostOffset != first.HostOffset + (pos - offset)) break;
                 if (first.Kind == ExtentKind.Unallocated && _backing != null) break;
                 long n = Math.Min(step, offset + length - pos);
@@ -849,15 +850,18 @@ public sealed partial class Qcow2Image : IDiskImage
         var (e, bm) = GetEntry(g >> ClusterBits);
         if ((e & CompressedFlag) != 0) return (ExtentKind.Compressed, -1);
         long host = (long)(e & OffsetMask);
+        // Like qemu's block status, a zero or unallocated (sub)cluster that still owns a host cluster reports where
+        // it lies (QCOW2_SUBCLUSTER_ZERO_ALLOC / UNALLOCATED_ALLOC): `map` shows that offset.
+        long hostHere = host != 0 ? host + (g & (ClusterSize - 1)) : -1;
         if (Extended)
         {
             int s = (int)(g & (ClusterSize - 1)) >> SubBits;
-            if ((bm >> s & 1) != 0) return (ExtentKind.Data, host + (g & (ClusterSize - 1)));
-            if ((bm >> (32 + s) & 1) != 0) return (ExtentKind.Zero, -1);
-            return (_backing == null ? ExtentKind.Unallocated : ExtentKind.Unallocated, -1);
+            if ((bm >> s & 1) != 0) return (ExtentKind.Data, hostHere);
+            if ((bm >> (32 + s) & 1) != 0) return (ExtentKind.Zero, hostHere);
+            return (ExtentKind.Unallocated, hostHere);
         }
-        if ((e & ZeroFlag) != 0 && Header.Version >= 3) return (ExtentKind.Zero, -1);
-        if (host != 0) return (ExtentKind.Data, host + (g & (ClusterSize - 1)));
+        if ((e & ZeroFlag) != 0 && Header.Version >= 3) return (ExtentKind.Zero, hostHere);
+        if (host != 0) return (ExtentKind.Data, hostHere);
         return (ExtentKind.Unallocated, -1);
     }
 
