@@ -58,6 +58,60 @@ public class JsonOutputTests
     }
 
     [Fact]
+    public void InfoOfLuksImageWithoutItsSecret()
+    {
+        using var d = new TempDir();
+        string p = d["e.qcow2"];
+        Qemu.Img("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", p, "4M");
+        var encrypt = SameAsQemu("info", "--output", "json", p)["format-specific"]!["data"]!["encrypt"]!;
+        Assert.Equal("aes-256", (string)encrypt["cipher-alg"]!);
+        Assert.Equal(8, encrypt["slots"]!.AsArray().Count);
+        SameTextAsQemu("info", p);
+        // With the secret: the data is there, but (as in qemu) the map gives no offsets into ciphertext.
+        Qemu.Io("--object", "secret,id=s0,data=pw", "--image-opts", "-c", "write -P 3 64k 128k", $"driver=qcow2,file.filename={p},encrypt.key-secret=s0");
+        SameAsQemu("map", "--output", "json", "--object", "secret,id=s0,data=pw", "--image-opts", $"driver=qcow2,file.filename={p},encrypt.key-secret=s0");
+    }
+
+    [Fact]
+    public void InfoAndMeasureOfImageWithBitmaps()
+    {
+        using var d = new TempDir();
+        string p = SampleImages.Base(d);
+        Qemu.Img("bitmap", "--add", p, "bm0");
+        Qemu.Img("bitmap", "--add", "-g", "4096", "--disable", p, "second bitmap");
+        var bitmaps = SameAsQemu("info", "--output", "json", p)["format-specific"]!["data"]!["bitmaps"]!.AsArray();
+        Assert.Equal(2, bitmaps.Count);
+        SameTextAsQemu("info", p);
+        Assert.True((long)SameAsQemu("measure", "--output", "json", "-O", "qcow2", p)["bitmaps"]! > 0);
+        SameAsQemu("measure", "--output", "json", "-O", "qcow2", "-o", "cluster_size=4096", p);
+    }
+
+    /// <summary>The human-readable output too, where scripts grep it.</summary>
+    private static void SameTextAsQemu(params string[] args)
+    {
+        var (qc, qo, _) = Qemu.Run("qemu-img", args);
+        var (sc, so, _) = SharpVm.Run(["img", .. args]);
+        Assert.Equal(qc, sc);
+        Assert.Equal(qo, so);
+    }
+
+    [Fact]
+    public void HumanOutputOfInfoCheckAndMap()
+    {
+        using var d = new TempDir();
+        string top = SampleImages.Overlay(d);
+        foreach (var p in new[] { top, d["base.qcow2"], SampleImages.Raw(d) })
+        {
+            SameTextAsQemu("info", p);
+            SameTextAsQemu("map", p);
+        }
+        SameTextAsQemu("info", "--backing-chain", top);
+        SameTextAsQemu("check", top);
+        SameTextAsQemu("check", d["base.qcow2"]);
+        SameTextAsQemu("measure", "-O", "qcow2", top);
+    }
+
+    [Fact]
     public void CheckOfCleanImages()
     {
         using var d = new TempDir();

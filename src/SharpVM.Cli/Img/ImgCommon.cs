@@ -142,7 +142,19 @@ internal static class ImgCommon
     }
 
     /// <summary>qemu-img's JSON layout: 4-space indent, members in qemu's QDict order (see <see cref="QemuJsonOrder"/>).</summary>
-    public static string Json(JsonNode node) => QemuJsonOrder.Apply(node)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
+    public static string Json(JsonNode node)
+    {
+        var text = QemuJsonOrder.Apply(node)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
+        // qemu's pretty printer opens and closes an empty list or dict on lines of their own.
+        var lines = text.Split('\n').Select(line =>
+        {
+            var body = line.TrimEnd(',');
+            if (!(body.EndsWith("[]", StringComparison.Ordinal) || body.EndsWith("{}", StringComparison.Ordinal))) return line;
+            string indent = line[..(line.Length - line.TrimStart().Length)];
+            return body[..^1] + "\n" + indent + body[^1] + line[body.Length..];
+        });
+        return string.Join('\n', lines);
+    }
 
     public static Qcow2CreateOptions CreateOptionsFrom(Dictionary<string, string> o, long size, Dictionary<string, string> secrets)
     {

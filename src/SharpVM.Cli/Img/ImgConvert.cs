@@ -139,11 +139,14 @@ internal static class ImgConvert
                     (required, full) = ImageOps.MeasureQcow2(img, vsize, co.ClusterSize, co.RefcountBits, co.ExtendedL2, luks);
                 }
                 else throw new UserFacingException($"Unknown output format '{of}'");
+                // qemu-img reports bitmaps only when the source is an image that can hold them (qcow2 v3).
+                long? bitmaps = of == "qcow2" && img is Qcow2Image { Header.Version: >= 3 } q3
+                    ? ImageOps.MeasureBitmaps(q3, CreateOptionsFrom(opts.Where(kv => kv.Key != "encrypt.key-secret").ToDictionary(), vsize, secrets).ClusterSize)
+                    : null;
                 if (pr.GetValue(output) == "json")
                 {
                     var j = new JsonObject();
-                    // qemu-img reports bitmaps only when the source is an image that can hold them (qcow2).
-                    if (of == "qcow2" && img is Qcow2Image { Header.Version: >= 3 }) j["bitmaps"] = 0;
+                    if (bitmaps is { } bs) j["bitmaps"] = bs;
                     j["required"] = required; j["fully-allocated"] = full;
                     Console.WriteLine(Json(j));
                 }
@@ -151,6 +154,7 @@ internal static class ImgConvert
                 {
                     Console.WriteLine($"required size: {required}");
                     Console.WriteLine($"fully allocated size: {full}");
+                    if (bitmaps is { } bs) Console.WriteLine($"bitmaps size: {bs}");
                 }
             }
             return 0;

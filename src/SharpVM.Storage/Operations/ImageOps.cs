@@ -245,4 +245,22 @@ public static class ImageOps
         long full = luksPayload + PreallocSize(vsize, cs, order, extendedL2);
         return (full - vsize + required, full);
     }
+
+    /// <summary>
+    /// Room the source's persistent bitmaps take in a qcow2 target with <paramref name="clusterSize"/>, counted as
+    /// qemu's qcow2_measure does: every bitmap fully allocated, its table, and the directory.
+    /// </summary>
+    public static long MeasureBitmaps(Qcow2Image src, int clusterSize)
+    {
+        long cs = clusterSize, total = 0, dirSize = 0;
+        foreach (var b in src.ListBitmaps())
+        {
+            long bits = (src.Size + (1L << b.GranularityBits) - 1) >> b.GranularityBits;
+            long clusters = ((bits + 7) / 8 + cs - 1) / cs;
+            total += clusters * cs;
+            total += (clusters * 8 + cs - 1) / cs * cs; // bitmap table entries
+            dirSize += (24 + System.Text.Encoding.UTF8.GetByteCount(b.Name) + 7) & ~7L;
+        }
+        return total + (dirSize + cs - 1) / cs * cs;
+    }
 }

@@ -899,6 +899,45 @@ public sealed partial class Qcow2Image : IDiskImage
         return ((long)off, buf);
     }
 
+    /// <summary>The public part of the embedded LUKS header (readable without the secret), or null when not encrypted.</summary>
+    public LuksHeaderInfo? ReadLuksHeader()
+    {
+        lock (_sync)
+        {
+            if (Header.CryptoHeader is not { } ch) return null;
+            if (ch.Length < LuksHeaderInfo.HeaderBytes || ch.Offset > (ulong)File.Length - LuksHeaderInfo.HeaderBytes)
+                throw new CorruptImageException("LUKS header lies outside the file");
+            var buf = new byte[LuksHeaderInfo.HeaderBytes];
+            File.Read((long)ch.Offset, buf);
+            return LuksHeaderInfo.Parse(buf);
+        }
+    }
+
+    /// <summary>A persistent dirty bitmap as the bitmap directory describes it (qcow2.rst, "Bitmap directory").</summary>
+    public readonly record struct BitmapInfo(string Name, int GranularityBits, bool InUse, bool Auto);
+
+    /// <summary>The persistent dirty bitmaps in the image (we keep but do not track them), in directory order.</summary>
+    public IReadOnlyList<BitmapInfo> ListBitmaps()
+    {
+        lock (_sync)
+        {
+            if (BitmapDirectory() is not var (_, dir)) return [];
+            var list = new List<BitmapInfo>();
+            foreach (var (o, _, _) in BitmapEntries(dir))
+            {
+                uint flags = BinaryPrimitives.ReadUInt32BigEndian(dir.AsSpan(o + 12));
+                int granularityBits = dir[o + 17];
+                int nameSize = BinaryPrimitives.ReadUInt16BigEndian(dir.AsSpan(o + 18));
+                int extra = (int)BinaryPrimitives.ReadUInt32BigEndian(dir.AsSpan(o + 20));
+                if (o + 24 + extra + nameSize > dir.Length || granularityBits is < 9 or > 31)
+                    throw new CorruptImageException("bitmap directory entry is malformed");
+                string name = System.Text.Encoding.UTF8.GetString(dir, o + 24 + extra, nameSize);
+                list.Add(new BitmapInfo(name, granularityBits, (flags & 1) != 0, (flags & 2) != 0));
+            }
+            return list;
+        }
+    }
+
     /// <summary>(entry offset in directory, bitmap table offset, table size in entries).</summary>
     internal static IEnumerable<(int EntryOffset, ulong TableOffset, uint TableSize)> BitmapEntries(byte[] dir)
     {
