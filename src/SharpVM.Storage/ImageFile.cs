@@ -9,6 +9,11 @@ internal sealed class ImageFile : IDisposable
     private readonly SafeFileHandle _handle;
     public string Path { get; }
     public bool ReadOnly { get; }
+    /// <summary>
+    /// qemu's cache=unsafe: fsync is skipped. Writes still reach the file in the order the format code issues them,
+    /// so a killed process leaves a consistent image; only a host crash or power loss can lose or tear data.
+    /// </summary>
+    public bool IgnoreFlushes { get; set; }
 
     public ImageFile(string path, bool readOnly, bool create = false)
     {
@@ -46,7 +51,7 @@ internal sealed class ImageFile : IDisposable
 
     public void Flush()
     {
-        if (!ReadOnly) RandomAccess.FlushToDisk(_handle);
+        if (!ReadOnly && !IgnoreFlushes) RandomAccess.FlushToDisk(_handle);
     }
 
     public void SetLength(long length) => RandomAccess.SetLength(_handle, length);

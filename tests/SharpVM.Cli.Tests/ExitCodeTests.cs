@@ -80,6 +80,7 @@ public class ExitCodeTests
         FailsWithOneLine("shrink", "resize", p, "1M");
         FailsWithOneLine("snapshot", "snapshot", "-a", "nosuch", p);
         FailsWithOneLine("Unrecognized command", "img-nosuch");
+        FailsWithOneLine("cache mode 'none' is not supported", "convert", "-t", "none", "-O", "qcow2", p, d["out.qcow2"]);
         Qemu.AssertClean(p); // none of it touched the image
     }
 

@@ -35,6 +35,7 @@ public class RoundTripTests
     [InlineData("-O", "qcow2", "-c", "-o", "compression_type=zstd")]
     [InlineData("-O", "qcow2", "-o", "cluster_size=4096,compat=0.10")]
     [InlineData("-O", "raw")]
+    [InlineData("-O", "qcow2", "-t", "writeback")] // fsync on flush, instead of convert's default cache=unsafe
     public void ConvertFromRawAndBack(params string[] options)
     {
         using var d = new TempDir();

@@ -17,9 +17,13 @@ internal static class ImgConvert
         var outFmt = new Option<string?>("-O") { Description = "Output format (default raw)" };
         var compress = new Option<bool>("-c") { Description = "Compress data clusters (qcow2 target)" };
         var backing = new Option<string?>("-B") { Description = "Backing file for the target (only data differing from it is written)" };
+        // qemu-img convert writes its target with cache=unsafe unless told otherwise: an interrupted convert leaves
+        // no useful image anyway, so it does not pay for fsync. -t writeback makes each flush durable.
+        var cache = Cache("unsafe");
+        var srcCache = new Option<string?>("-T") { Description = "Cache mode of the source (accepted for compatibility; reads are not cached by SharpVM)" };
         var src = new Argument<string>("source");
         var dst = new Argument<string>("destination");
-        foreach (var x in new Option[] { fmt, objects, imageOpts, pw, progress, o, quiet, outFmt, compress, backing }) cmd.Options.Add(x);
+        foreach (var x in new Option[] { fmt, objects, imageOpts, pw, progress, o, quiet, outFmt, compress, backing, cache, srcCache }) cmd.Options.Add(x);
         cmd.Arguments.Add(src); cmd.Arguments.Add(dst);
         ImgCommon.SetAction(cmd, pr =>
         {
@@ -29,19 +33,20 @@ internal static class ImgConvert
             var (srcPath, srcFmt, srcSecret) = ResolveTarget(pr.GetValue(src)!, pr.GetValue(fmt), pr.GetValue(imageOpts), pr.GetValue(imageOpts) ? secrets : [], pr.GetValue(pw));
             string dstPath = pr.GetValue(dst)!;
             string of = pr.GetValue(outFmt) ?? "raw";
+            bool unsafeCache = IsUnsafeCache(pr.GetValue(cache), "unsafe");
             using var source = Open(srcPath, srcFmt, true, srcSecret);
             if (File.Exists(dstPath)) File.Delete(dstPath);
             IDiskImage target;
             if (of == "raw")
             {
                 if (opts.Count > 0 || pr.GetValue(compress)) throw new UserFacingException("raw output takes no -o options and cannot be compressed");
-                target = RawImage.Create(dstPath, source.Size);
+                target = RawImage.Create(dstPath, source.Size, unsafeCache);
             }
             else if (of == "qcow2")
             {
                 var co = CreateOptionsFrom(opts, source.Size, secrets);
                 if (pr.GetValue(backing) is { } b) { co.BackingFile = b; co.BackingFormat ??= DiskImage.Probe(DiskImage.ResolveBacking(dstPath, b)); }
-                target = Wrap(() => Qcow2Image.Create(dstPath, co, new Qcow2Image.OpenOptions { Secret = co.EncryptSecret }));
+                target = Wrap(() => Qcow2Image.Create(dstPath, co, new Qcow2Image.OpenOptions { Secret = co.EncryptSecret, UnsafeCache = unsafeCache }));
             }
             else throw new UserFacingException($"Unknown output format '{of}'");
             using (target)

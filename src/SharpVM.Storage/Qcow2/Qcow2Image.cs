@@ -151,13 +151,18 @@ public sealed partial class Qcow2Image : IDiskImage
         public bool ForRepair { get; init; }
         /// <summary>Skip the automatic refcount repair of dirty images (check wants to see them as they are).</summary>
         public bool NoRepairOnOpen { get; init; }
+        /// <summary>
+        /// qemu's cache=unsafe (qemu-img convert's default for its target): flushes are skipped. Metadata writes keep
+        /// their crash-safe order, so a killed process still leaves an image that check accepts; a host crash may not.
+        /// </summary>
+        public bool UnsafeCache { get; init; }
         internal int Depth { get; init; }
     }
 
     public static Qcow2Image Open(string path, OpenOptions? opts = null)
     {
         opts ??= new OpenOptions();
-        var file = new ImageFile(path, opts.ReadOnly);
+        var file = new ImageFile(path, opts.ReadOnly) { IgnoreFlushes = opts.UnsafeCache };
         try
         {
             long len = file.Length;
@@ -746,8 +751,13 @@ public sealed partial class Qcow2Image : IDiskImage
     /// Clusters [_poolNext, _poolEnd) already carry refcount 1 on disk (synced) but are referenced by nothing yet.
     /// Guest writes take new clusters from this pool, so an L2 entry can never reach the disk before the refcount
     /// that covers it, at the price of one fsync per batch; a crash leaks at most the rest of the pool.
+    /// Batches start at 8 MiB and double while the image keeps growing, up to 128 MiB: a long sequential fill
+    /// (convert, a guest's first write of its disk) then pays a dozen fsyncs per GiB instead of 128, and the
+    /// most a crash can leak stays bounded (leaks cost space, never data; check -r leaks reclaims them).
     /// </summary>
     private long _poolNext, _poolEnd;
+    private long _poolBatchBytes = MinPoolBatchBytes;
+    private const long MinPoolBatchBytes = 8L << 20, MaxPoolBatchBytes = 128L << 20;
     /// <summary>References dropped by guest writes, applied only after the fsync that makes their replacement durable.</summary>
     private readonly List<ulong> _pendingEntries = [];
     private readonly List<long> _pendingClusters = [];
@@ -763,7 +773,8 @@ public sealed partial class Qcow2Image : IDiskImage
         }
         ReleasePool();
         // Batches stay under half a refcount block so the first-fit allocator can serve them.
-        int batch = Math.Max(n, (int)Math.Clamp((8L << 20) >> ClusterBits, 1, Math.Max(1, Refcounts.EntriesPerBlock / 2)));
+        int batch = Math.Max(n, (int)Math.Clamp(_poolBatchBytes >> ClusterBits, 1, Math.Max(1, Refcounts.EntriesPerBlock / 2)));
+        _poolBatchBytes = Math.Min(_poolBatchBytes * 2, MaxPoolBatchBytes);
         long start = Refcounts.Allocate(batch);
         File.Flush();
         _poolNext = start + bytes;
