@@ -276,6 +276,7 @@ public sealed partial class Qcow2Image : IDiskImage
 
     public void Read(long offset, Span<byte> buffer)
     {
+        if (TryReadUnlocked(offset, buffer)) return;
         lock (_sync)
         {
             CheckRange(offset, buffer.Length);
@@ -439,7 +440,14 @@ public sealed partial class Qcow2Image : IDiskImage
 
     // ---------------------------------------------------------------- writing
 
+    /// <summary>Start of every metadata-changing operation: drains unlocked data I/O first (see Qcow2UnlockedIo.cs).</summary>
     private void BeginWrite()
+    {
+        AwaitUnlockedIo();
+        PrepareWrite();
+    }
+
+    private void PrepareWrite()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (File.ReadOnly) throw new ImageReadOnlyException($"'{Path}' is open read-only");
@@ -449,8 +457,10 @@ public sealed partial class Qcow2Image : IDiskImage
 
     public void Write(long offset, ReadOnlySpan<byte> data)
     {
+        if (TryWriteUnlocked(offset, data)) return;
         lock (_sync)
         {
+            AwaitUnlockedIo(); // first: waiting releases the lock, so nothing may be read before it
             CheckRange(offset, data.Length);
             BeginWrite();
             try { WriteLocked(offset, data); }
@@ -637,6 +647,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
             BeginWrite();
             if (cluster.Length != ClusterSize) throw new ArgumentException("WriteCompressed takes exactly one cluster");
@@ -659,6 +670,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
             BeginWrite();
             if (compressed == null) { WriteChunk(guestCluster << ClusterBits, cluster); return; }
@@ -692,6 +704,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(offset, length);
             BeginWrite();
             long end = offset + length;
@@ -740,6 +753,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo(); // frees deferred clusters: no unlocked pwrite may still be aimed at one
             if (File.ReadOnly) return;
             if (!ApplyPendingFrees()) File.Flush();
         }
@@ -810,6 +824,7 @@ public sealed partial class Qcow2Image : IDiskImage
     /// <summary>Brings refcounts to exactly what the metadata says (before whole-image walks: check, snapshots, amend).</summary>
     internal void Quiesce()
     {
+        AwaitUnlockedIo();
         if (File.ReadOnly) return;
         ApplyPendingFrees();
         ReleasePool();
@@ -969,6 +984,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             if (_disposed) return;
             try { Quiesce(); }
             finally { _disposed = true; }
