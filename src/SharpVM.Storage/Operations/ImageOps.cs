@@ -21,22 +21,20 @@ public static class ImageOps
     {
         long size = Math.Min(src.Size, dst.Size);
         int chunk = Math.Max(Chunk, dst.ClusterSize);
-        var buf = new byte[chunk];
         var q = dst as Qcow2Image;
-        long pos = 0;
-        while (pos < size)
+        using var reader = new ChunkPrefetcher(src, size, chunk);
+        foreach (var c in reader.Chunks())
         {
-            int n = (int)Math.Min(chunk - pos % chunk, size - pos);
-            var ext = src.GetExtent(pos, n);
-            n = (int)ext.Length;
-            if (ext.Kind is ExtentKind.Zero or ExtentKind.Unallocated)
+            long pos = c.Pos;
+            int n = c.Length;
+            if (c.Zero)
             {
                 if (!dstIsFresh) dst.WriteZeroes(pos, n);
-                pos += n; progress?.Invoke(pos, size);
+                progress?.Invoke(pos + n, size);
                 continue;
             }
+            var buf = c.Buffer!;
             var span = buf.AsSpan(0, n);
-            src.Read(pos, span);
             if (compress && q != null && pos % q.ClusterSize == 0)
             {
                 // Compress the chunk's clusters in parallel (the codec is the cost), then place them in order.
@@ -101,8 +99,8 @@ public static class ImageOps
                     i = j;
                 }
             }
-            pos += n;
-            progress?.Invoke(pos, size);
+            reader.Return(buf);
+            progress?.Invoke(pos + n, size);
         }
         dst.Flush();
     }
