@@ -2,8 +2,8 @@ namespace SharpVM.Storage.Qcow2;
 
 /// <summary>
 /// Guest data I/O outside the image lock. A read of plain data clusters, or a write into clusters this image owns
-/// exclusively (COPIED, not compressed, not zero), changes no metadata: once the host range is known it is one
-/// pread/pwrite, and several of them can run at once (qemu runs such requests in parallel on its thread pool).
+/// exclusively (COPIED, not compressed, not zero), changes no metadata: once the host ranges are known it is one
+/// pread/pwrite per host-contiguous run, and several requests can run at once (qemu runs such requests in parallel on its thread pool).
 /// The host range is looked up under <c>_sync</c>; the I/O then runs unlocked while <c>_unlockedIo</c> counts it.
 /// Every operation that could change what a guest cluster maps to, or free a cluster (allocating writes, COW,
 /// zero/discard, snapshots, resize, check, amend, flush, dispose), first waits under the lock until no unlocked I/O
@@ -35,41 +35,55 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>A piece of a request: <c>Length</c> bytes at request offset <c>At</c> lie at host offset <c>Host</c>.</summary>
+    private readonly record struct HostRun(int At, long Host, int Length);
+
+    private const int MaxUnlockedRuns = 64;
+
     /// <summary>
-    /// Under _sync: the host offset of [offset, offset+length) when the whole range is one host-contiguous run that may
-    /// be read (plain data) or written in place (plain data owned exclusively, outside the metadata), else -1.
+    /// Under _sync: where [offset, offset+length) lies in the file, as host-contiguous runs, when every cluster of it
+    /// may be read (plain data) or written in place (plain data owned exclusively, outside the metadata); else null.
     /// </summary>
-    private long MapUnlockedRun(long offset, int length, bool forWrite)
+    private List<HostRun>? MapUnlockedRuns(long offset, int length, bool forWrite)
     {
-        if (Extended || _crypto != null || _exclusiveWaiters > 0 || length == 0) return -1;
-        long first = offset >> ClusterBits, last = (offset + length - 1) >> ClusterBits;
-        long start = -1;
-        for (long gc = first; gc <= last; gc++)
+        if (Extended || _crypto != null || _exclusiveWaiters > 0 || length == 0) return null;
+        var runs = new List<HostRun>();
+        int done = 0;
+        while (done < length)
         {
-            var (e, _) = GetEntry(gc);
+            long g = offset + done;
+            int n = (int)Math.Min(length - done, ClusterSize - (g & (ClusterSize - 1)));
+            var (e, _) = GetEntry(g >> ClusterBits);
             long host = (long)(e & OffsetMask);
-            if (host == 0 || (e & (CompressedFlag | ZeroFlag)) != 0) return -1;
-            if (forWrite && ((e & Copied) == 0 || IsProtectedMetadata(host))) return -1;
-            if (gc == first) start = host + (offset & (ClusterSize - 1));
-            else if (host != start + ((gc << ClusterBits) - offset)) return -1;
+            if (host == 0 || (e & (CompressedFlag | ZeroFlag)) != 0) return null;
+            if (forWrite && ((e & Copied) == 0 || IsProtectedMetadata(host))) return null;
+            host += g & (ClusterSize - 1);
+            // A mapping far past the end of the file is corrupt metadata: the locked path reports it.
+            if (forWrite && host + n > File.Length + ClusterSize * 1024L) return null;
+            if (runs.Count > 0 && runs[^1] is var last && last.Host + last.Length == host) runs[^1] = last with { Length = last.Length + n };
+            else if (runs.Count == MaxUnlockedRuns) return null;
+            else runs.Add(new HostRun(done, host, n));
+            done += n;
         }
-        // A mapping far past the end of the file is corrupt metadata: the locked path reports it.
-        if (forWrite && start + length > File.Length + ClusterSize * 1024L) return -1;
-        return start;
+        return runs;
     }
 
     /// <summary>Reads without holding the lock when the range is one run of plain data; false when it is not.</summary>
     private bool TryReadUnlocked(long offset, Span<byte> buffer)
     {
-        long host;
+        List<HostRun>? runs;
         lock (_sync)
         {
             CheckRange(offset, buffer.Length);
-            host = MapUnlockedRun(offset, buffer.Length, forWrite: false);
-            if (host < 0) return false;
+            runs = MapUnlockedRuns(offset, buffer.Length, forWrite: false);
+            if (runs == null) return false;
             _unlockedIo++;
         }
-        try { BeforeUnlockedIo?.Invoke(); File.Read(host, buffer); }
+        try
+        {
+            BeforeUnlockedIo?.Invoke();
+            foreach (var r in runs) File.Read(r.Host, buffer.Slice(r.At, r.Length));
+        }
         finally { EndUnlockedIo(); }
         return true;
     }
@@ -77,16 +91,20 @@ public sealed partial class Qcow2Image
     /// <summary>Writes in place without holding the lock when the range is one run of clusters we own; false when it is not.</summary>
     private bool TryWriteUnlocked(long offset, ReadOnlySpan<byte> data)
     {
-        long host;
+        List<HostRun>? runs;
         lock (_sync)
         {
             CheckRange(offset, data.Length);
-            host = MapUnlockedRun(offset, data.Length, forWrite: true);
-            if (host < 0) return false;
+            runs = MapUnlockedRuns(offset, data.Length, forWrite: true);
+            if (runs == null) return false;
             PrepareWrite(); // (not BeginWrite: that would wait for the other unlocked writes)
             _unlockedIo++;
         }
-        try { BeforeUnlockedIo?.Invoke(); File.Write(host, data); }
+        try
+        {
+            BeforeUnlockedIo?.Invoke();
+            foreach (var r in runs) File.Write(r.Host, data.Slice(r.At, r.Length));
+        }
         finally { EndUnlockedIo(); }
         return true;
     }
