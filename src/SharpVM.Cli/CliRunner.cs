@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 
 namespace SharpVM.Cli;
 
@@ -8,6 +9,23 @@ public static class CliRunner
     public static int Invoke(RootCommand root, string[] args)
     {
         var result = root.Parse(args);
+        // An unknown "--flag" would otherwise be taken for a filename ("Could not open '--bogus'") or push the real
+        // filename out as an extra argument; name it the way getopt does. "-1G" (resize) is a value, not an option,
+        // and after "--" everything is a value (`sharpvm run -- ls -l`).
+        var unknownOption = args.Contains("--") ? null : result.CommandResult.Children.OfType<ArgumentResult>().SelectMany(a => a.Tokens)
+            .Select(t => t.Value).FirstOrDefault(v => v.Length > 1 && v[0] == '-' && !char.IsAsciiDigit(v[1]));
+        if (unknownOption != null)
+        {
+            Console.Error.WriteLine($"sharpvm: unrecognized option '{unknownOption}' (see '{CommandPath(result)} --help')");
+            return 1;
+        }
+        if (result.Errors.Count > 0)
+        {
+            // System.CommandLine's default would print the errors and then the whole help text; like qemu-img,
+            // say what is wrong in one line and where to look.
+            Console.Error.WriteLine($"sharpvm: {string.Join("; ", result.Errors.Select(e => e.Message.TrimEnd('.')))} (see '{CommandPath(result)} --help')");
+            return 1;
+        }
         using var logging = CliLogging.Configure(result);
         try
         {
@@ -33,6 +51,14 @@ public static class CliRunner
             else Console.Error.WriteLine("sharpvm: set SHARPVM_DEBUG=1 for the stack trace, and please report it");
             return 70; // EX_SOFTWARE
         }
+    }
+
+    /// <summary>"sharpvm img info": the root's own name is the host process's (testhost under xunit), so it is spelled out.</summary>
+    private static string CommandPath(ParseResult result)
+    {
+        var names = new List<string>();
+        for (var r = result.CommandResult; r.Parent is CommandResult parent; r = parent) names.Insert(0, r.Command.Name);
+        return string.Join(' ', names.Prepend("sharpvm"));
     }
 }
 

@@ -22,7 +22,7 @@ public static class DiskImage
         return format switch
         {
             "qcow2" => Qcow2Image.Open(path, opts),
-            "raw" => new RawImage(path, opts.ReadOnly),
+            "raw" => new RawImage(path, opts.ReadOnly, opts.UnsafeCache),
             _ => throw new DiskImageException($"unknown image format '{format}' (qcow2 or raw)"),
         };
     }

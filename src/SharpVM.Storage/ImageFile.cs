@@ -9,6 +9,11 @@ internal sealed class ImageFile : IDisposable
     private readonly SafeFileHandle _handle;
     public string Path { get; }
     public bool ReadOnly { get; }
+    /// <summary>
+    /// qemu's cache=unsafe: fsync is skipped. Writes still reach the file in the order the format code issues them,
+    /// so a killed process leaves a consistent image; only a host crash or power loss can lose or tear data.
+    /// </summary>
+    public bool IgnoreFlushes { get; set; }
 
     public ImageFile(string path, bool readOnly, bool create = false)
     {
@@ -46,7 +51,14 @@ internal sealed class ImageFile : IDisposable
 
     public void Flush()
     {
-        if (!ReadOnly) RandomAccess.FlushToDisk(_handle);
+        if (ReadOnly || IgnoreFlushes) return;
+        // fdatasync, as qemu uses: the data and the metadata needed to read it back (size, extents) become durable,
+        // which is all crash ordering needs; fsync would also commit timestamps, a journal write per call.
+        const int EINTR = 4;
+        int rc;
+        do rc = fdatasync((int)_handle.DangerousGetHandle());
+        while (rc != 0 && Marshal.GetLastPInvokeError() == EINTR);
+        if (rc != 0) throw new IOException($"fdatasync of '{Path}' failed (errno {Marshal.GetLastPInvokeError()}); the image's last writes may not be durable");
     }
 
     public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
@@ -93,6 +105,9 @@ internal sealed class ImageFile : IDisposable
 
     [DllImport("libc", SetLastError = true)]
     private static extern int stat([MarshalAs(UnmanagedType.LPStr)] string path, byte[] buf);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int fdatasync(int fd);
 
     [DllImport("libc", SetLastError = true)]
     private static extern int fallocate(int fd, int mode, long offset, long len);

@@ -84,6 +84,24 @@ public class OpsTests
         }
     }
 
+    /// <summary>Convert reads on a prefetch thread: a read error there must still reach the caller with its type.</summary>
+    [Fact]
+    public void ConvertOfCorruptCompressedSourceFailsWithTypedError()
+    {
+        using var d = new TempDir();
+        using (var img = Qcow2Image.Create(d["c.qcow2"], new Qcow2CreateOptions { Size = 8 << 20 }))
+        {
+            var data = new byte[65536];
+            new Random(5).NextBytes(data.AsSpan(0, 30000)); // compressible: half of it zeros
+            for (int i = 0; i < 40; i++) img.WriteCompressed(i, data);
+            var (off, len) = img.CompressedRange(img.GetEntry(17).Entry);
+            img.File.Write(off, Enumerable.Repeat((byte)0xA5, len).ToArray()); // garbage where the 18th cluster's zlib stream was
+        }
+        using var src = Qcow2Image.Open(d["c.qcow2"], new Qcow2Image.OpenOptions { ReadOnly = true });
+        using var dst = RawImage.Create(d["out.raw"], src.Size);
+        Assert.ThrowsAny<CorruptImageException>(() => ImageOps.Convert(src, dst, false));
+    }
+
     [Fact]
     public void CheckRepairsLeaks()
     {

@@ -80,7 +80,9 @@ internal static class ImgBasic
                 null => CheckRepair.None, "leaks" => CheckRepair.Leaks, "all" => CheckRepair.All,
                 var x => throw new UserFacingException($"Invalid -r option '{x}' (leaks or all)"),
             };
-            if ((format ?? DiskImage.Probe(path)) != "qcow2") throw new UserFacingException("This image format does not support checks");
+            if (!File.Exists(path)) throw new UserFacingException($"Could not open '{path}': No such file or directory");
+            // qemu-img's exit code for "check is not supported for this format" is 63.
+            if ((format ?? DiskImage.Probe(path)) != "qcow2") throw new UserFacingException("This image format does not support checks", 63);
             CheckResult r;
             Qcow2Image img;
             try
@@ -96,7 +98,10 @@ internal static class ImgBasic
             bool json = pr.GetValue(output) == "json";
             if (json)
             {
-                var o = new JsonObject { ["image-end-offset"] = r.ImageEndOffset, ["total-clusters"] = r.TotalClusters, ["check-errors"] = r.CheckErrors };
+                // qemu-img leaves out every count that is zero, except check-errors.
+                var o = new JsonObject { ["check-errors"] = r.CheckErrors };
+                if (r.ImageEndOffset > 0) o["image-end-offset"] = r.ImageEndOffset;
+                if (r.TotalClusters > 0) o["total-clusters"] = r.TotalClusters;
                 if (r.Leaks > 0) o["leaks"] = r.Leaks;
                 if (r.Corruptions > 0) o["corruptions"] = r.Corruptions;
                 if (r.LeaksFixed > 0) o["leaks-fixed"] = r.LeaksFixed;
@@ -115,7 +120,7 @@ internal static class ImgBasic
                 if (r.Corruptions > 0) Console.WriteLine($"\n{r.Corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.");
                 if (r.Leaks > 0) Console.WriteLine($"\n{r.Leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.");
                 if (r.Corruptions == 0 && r.Leaks == 0) Console.WriteLine("No errors were found on the image.");
-                if (r.TotalClusters > 0)
+                if (r.TotalClusters > 0 && r.AllocatedClusters > 0)
                     Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}/{1} = {2:0.00}% allocated, {3:0.00}% fragmented, {4:0.00}% compressed clusters",
                         r.AllocatedClusters, r.TotalClusters, 100.0 * r.AllocatedClusters / r.TotalClusters,
                         r.AllocatedClusters == 0 ? 0 : 100.0 * r.FragmentedClusters / r.AllocatedClusters,

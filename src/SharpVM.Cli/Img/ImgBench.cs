@@ -20,7 +20,7 @@ internal static class ImgBench
         var write = new Option<bool>("-w") { Description = "Write instead of read" };
         var pattern = new Option<int>("--pattern") { Description = "Byte written", DefaultValueFactory = _ => 0 };
         var flushInterval = new Option<int>("--flush-interval") { Description = "Flush every N requests (writes)" };
-        var cache = new Option<string?>("-t") { Description = "Cache mode (accepted for compatibility)" };
+        var cache = Cache("writeback");
         var nocache = new Option<bool>("-n") { Description = "Native AIO / no cache (accepted for compatibility)" };
         var fmt = Format(); var objects = Objects(); var imageOpts = ImageOpts(); var pw = Password(); var quiet = Quiet();
         var file = new Argument<string>("filename");
@@ -35,7 +35,7 @@ internal static class ImgBench
             long start = ParseSize(pr.GetValue(offset)!);
             bool w = pr.GetValue(write);
             int flushEvery = pr.GetValue(flushInterval);
-            using var img = Open(path, format, !w, secret);
+            using var img = Open(path, format, !w, secret, unsafeCache: IsUnsafeCache(pr.GetValue(cache), "writeback"));
             Console.WriteLine($"Sending {n} {(w ? "write" : "read")} requests, {bs} bytes each, {d} in parallel (starting at offset {start}, step size {st})");
             long next = 0;
             long size0 = img.Size;

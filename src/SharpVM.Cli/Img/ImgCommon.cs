@@ -19,6 +19,17 @@ internal static class ImgCommon
     public static Option<string> Output() => new("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
     public static Option<bool> Progress() => new("-p", "--progress") { Description = "Show a progress bar" };
     public static Option<bool> Quiet() => new("-q", "--quiet") { Description = "Quiet mode" };
+    /// <summary>qemu's -t: how the written image is cached. Only writeback (flushes fsync) and unsafe (they do not) exist here.</summary>
+    public static Option<string?> Cache(string defaultMode) => new("-t") { Description = $"Cache mode of the written image: writeback or unsafe (default {defaultMode}; unsafe skips fsync, as qemu-img does)" };
+
+    /// <summary>True for cache=unsafe. A mode we do not implement is refused rather than silently treated as another.</summary>
+    public static bool IsUnsafeCache(string? mode, string defaultMode) => (mode ?? defaultMode) switch
+    {
+        "unsafe" => true,
+        "writeback" => false,
+        var m => throw new UserFacingException($"cache mode '{m}' is not supported (writeback, unsafe)"),
+    };
+
     public static Option<string[]> O() => new("-o", "--options") { Description = "Format options key=value[,key=value...]" };
 
     /// <summary>Secrets named by --object secret,id=...,data=... (or file=...).</summary>
@@ -86,10 +97,10 @@ internal static class ImgCommon
         return (path, format, secret);
     }
 
-    public static IDiskImage Open(string path, string? format, bool readOnly, string? secret, bool noBacking = false)
+    public static IDiskImage Open(string path, string? format, bool readOnly, string? secret, bool noBacking = false, bool unsafeCache = false)
     {
         if (!File.Exists(path)) throw new UserFacingException($"Could not open '{path}': No such file or directory");
-        return Wrap(() => DiskImage.Open(path, format, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking }));
+        return Wrap(() => DiskImage.Open(path, format, new Qcow2Image.OpenOptions { ReadOnly = readOnly, Secret = secret, NoBacking = noBacking, UnsafeCache = unsafeCache }));
     }
 
     /// <summary>Opens for metadata only: an encrypted image without its secret still shows its header (like qemu-img info).</summary>
@@ -141,7 +152,20 @@ internal static class ImgCommon
         });
     }
 
-    public static string Json(JsonNode node) => node.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
+    /// <summary>qemu-img's JSON layout: 4-space indent, members in qemu's QDict order (see <see cref="QemuJsonOrder"/>).</summary>
+    public static string Json(JsonNode node)
+    {
+        var text = QemuJsonOrder.Apply(node)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 4 });
+        // qemu's pretty printer opens and closes an empty list or dict on lines of their own.
+        var lines = text.Split('\n').Select(line =>
+        {
+            var body = line.TrimEnd(',');
+            if (!(body.EndsWith("[]", StringComparison.Ordinal) || body.EndsWith("{}", StringComparison.Ordinal))) return line;
+            string indent = line[..(line.Length - line.TrimStart().Length)];
+            return body[..^1] + "\n" + indent + body[^1] + line[body.Length..];
+        });
+        return string.Join('\n', lines);
+    }
 
     public static Qcow2CreateOptions CreateOptionsFrom(Dictionary<string, string> o, long size, Dictionary<string, string> secrets)
     {

@@ -17,9 +17,13 @@ internal static class ImgConvert
         var outFmt = new Option<string?>("-O") { Description = "Output format (default raw)" };
         var compress = new Option<bool>("-c") { Description = "Compress data clusters (qcow2 target)" };
         var backing = new Option<string?>("-B") { Description = "Backing file for the target (only data differing from it is written)" };
+        // qemu-img convert writes its target with cache=unsafe unless told otherwise: an interrupted convert leaves
+        // no useful image anyway, so it does not pay for fsync. -t writeback makes each flush durable.
+        var cache = Cache("unsafe");
+        var srcCache = new Option<string?>("-T") { Description = "Cache mode of the source (accepted for compatibility; reads are not cached by SharpVM)" };
         var src = new Argument<string>("source");
         var dst = new Argument<string>("destination");
-        foreach (var x in new Option[] { fmt, objects, imageOpts, pw, progress, o, quiet, outFmt, compress, backing }) cmd.Options.Add(x);
+        foreach (var x in new Option[] { fmt, objects, imageOpts, pw, progress, o, quiet, outFmt, compress, backing, cache, srcCache }) cmd.Options.Add(x);
         cmd.Arguments.Add(src); cmd.Arguments.Add(dst);
         ImgCommon.SetAction(cmd, pr =>
         {
@@ -29,19 +33,20 @@ internal static class ImgConvert
             var (srcPath, srcFmt, srcSecret) = ResolveTarget(pr.GetValue(src)!, pr.GetValue(fmt), pr.GetValue(imageOpts), pr.GetValue(imageOpts) ? secrets : [], pr.GetValue(pw));
             string dstPath = pr.GetValue(dst)!;
             string of = pr.GetValue(outFmt) ?? "raw";
+            bool unsafeCache = IsUnsafeCache(pr.GetValue(cache), "unsafe");
             using var source = Open(srcPath, srcFmt, true, srcSecret);
             if (File.Exists(dstPath)) File.Delete(dstPath);
             IDiskImage target;
             if (of == "raw")
             {
                 if (opts.Count > 0 || pr.GetValue(compress)) throw new UserFacingException("raw output takes no -o options and cannot be compressed");
-                target = RawImage.Create(dstPath, source.Size);
+                target = RawImage.Create(dstPath, source.Size, unsafeCache);
             }
             else if (of == "qcow2")
             {
                 var co = CreateOptionsFrom(opts, source.Size, secrets);
                 if (pr.GetValue(backing) is { } b) { co.BackingFile = b; co.BackingFormat ??= DiskImage.Probe(DiskImage.ResolveBacking(dstPath, b)); }
-                target = Wrap(() => Qcow2Image.Create(dstPath, co, new Qcow2Image.OpenOptions { Secret = co.EncryptSecret }));
+                target = Wrap(() => Qcow2Image.Create(dstPath, co, new Qcow2Image.OpenOptions { Secret = co.EncryptSecret, UnsafeCache = unsafeCache }));
             }
             else throw new UserFacingException($"Unknown output format '{of}'");
             using (target)
@@ -139,10 +144,14 @@ internal static class ImgConvert
                     (required, full) = ImageOps.MeasureQcow2(img, vsize, co.ClusterSize, co.RefcountBits, co.ExtendedL2, luks);
                 }
                 else throw new UserFacingException($"Unknown output format '{of}'");
+                // qemu-img reports bitmaps only when the source is an image that can hold them (qcow2 v3).
+                long? bitmaps = of == "qcow2" && img is Qcow2Image { Header.Version: >= 3 } q3
+                    ? ImageOps.MeasureBitmaps(q3, CreateOptionsFrom(opts.Where(kv => kv.Key != "encrypt.key-secret").ToDictionary(), vsize, secrets).ClusterSize)
+                    : null;
                 if (pr.GetValue(output) == "json")
                 {
                     var j = new JsonObject();
-                    if (of == "qcow2") j["bitmaps"] = 0;
+                    if (bitmaps is { } bs) j["bitmaps"] = bs;
                     j["required"] = required; j["fully-allocated"] = full;
                     Console.WriteLine(Json(j));
                 }
@@ -150,6 +159,7 @@ internal static class ImgConvert
                 {
                     Console.WriteLine($"required size: {required}");
                     Console.WriteLine($"fully allocated size: {full}");
+                    if (bitmaps is { } bs) Console.WriteLine($"bitmaps size: {bs}");
                 }
             }
             return 0;

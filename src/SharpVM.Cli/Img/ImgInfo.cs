@@ -32,7 +32,7 @@ internal static class ImgInfo
                 var info = InfoJson(img, cur);
                 infos.Add(info);
                 if (!pr.GetValue(chain) || img is not Qcow2Image q || q.Header.BackingFile == null) break;
-                cur = DiskImage.ResolveBacking(cur, q.Header.BackingFile);
+                cur = BackingDisplayPath(cur, q.Header.BackingFile);
                 curFmt = q.Header.BackingFormat;
             }
             if (json) Console.WriteLine(pr.GetValue(chain) ? Json(new JsonArray(infos.Cast<JsonNode>().ToArray())) : Json(infos[0]));
@@ -71,13 +71,18 @@ internal static class ImgInfo
                 data["refcount-bits"] = 1 << h.RefcountOrder;
                 data["corrupt"] = (h.IncompatibleFeatures & Qcow2Header.IncompatCorrupt) != 0;
                 data["extended-l2"] = h.ExtendedL2;
+                if (q.ListBitmaps() is { Count: > 0 } bitmaps) data["bitmaps"] = BitmapsJson(bitmaps);
             }
-            else data["compression-type"] = "zlib";
-            if (h.CryptMethod == 2) data["encrypt"] = new JsonObject { ["format"] = "luks" };
+            else
+            {
+                data["compression-type"] = "zlib";
+                data["refcount-bits"] = 16; // v2 images always have 16-bit refcounts, and qemu-img says so
+            }
+            if (q.ReadLuksHeader() is { } luks) data["encrypt"] = LuksJson(luks);
             o["format-specific"] = new JsonObject { ["type"] = "qcow2", ["data"] = data };
             if (h.BackingFile != null)
             {
-                o["full-backing-filename"] = DiskImage.ResolveBacking(name, h.BackingFile) is var f && !Path.IsPathRooted(h.BackingFile) && !Path.IsPathRooted(name) ? Path.Combine(Path.GetDirectoryName(name) ?? "", h.BackingFile) : DiskImage.ResolveBacking(name, h.BackingFile);
+                o["full-backing-filename"] = BackingDisplayPath(name, h.BackingFile);
                 o["backing-filename"] = h.BackingFile;
             }
             o["dirty-flag"] = (h.IncompatibleFeatures & Qcow2Header.IncompatDirty) != 0;
@@ -93,6 +98,15 @@ internal static class ImgInfo
         return o;
     }
 
+    /// <summary>
+    /// The backing file's name as qemu-img shows it: relative to the overlay's directory as the user spelled it
+    /// ("dir/top.qcow2" → "dir/base.qcow2"), not made absolute.
+    /// </summary>
+    private static string BackingDisplayPath(string overlay, string backing) =>
+        !Path.IsPathRooted(backing) && !Path.IsPathRooted(overlay)
+            ? Path.Combine(Path.GetDirectoryName(overlay) ?? "", backing)
+            : DiskImage.ResolveBacking(overlay, backing);
+
     private static void PrintHuman(JsonObject o)
     {
         Console.WriteLine($"image: {o["filename"]}");
@@ -100,20 +114,70 @@ internal static class ImgInfo
         long vs = (long)o["virtual-size"]!;
         Console.WriteLine($"virtual size: {HumanSize(vs)} ({vs} bytes)");
         Console.WriteLine($"disk size: {HumanSize((long)o["actual-size"]!)}");
+        if (o["encrypted"] is not null) Console.WriteLine("encrypted: yes");
         if (o["cluster-size"] is { } cs) Console.WriteLine($"cluster_size: {cs}");
         if (o["backing-filename"] is { } bf)
         {
-            Console.WriteLine($"backing file: {bf}");
+            var full = (string?)o["full-backing-filename"];
+            Console.WriteLine($"backing file: {bf}" + (full != null && full != (string?)bf ? $" (actual path: {full})" : ""));
             if (o["backing-filename-format"] is { } bff) Console.WriteLine($"backing file format: {bff}");
         }
-        if (o["encrypted"] is not null) Console.WriteLine("encrypted: yes");
         if (o["snapshots"] is JsonArray snaps) { Console.WriteLine("Snapshot list:"); PrintSnapshotRows(snaps); }
         if (o["format-specific"]?["data"] is JsonObject d)
         {
             Console.WriteLine("Format specific information:");
-            foreach (var (k, v) in d)
-                Console.WriteLine($"    {k.Replace('-', ' ')}: {(v is JsonObject jo ? jo.ToJsonString() : v?.ToString().ToLowerInvariant())}");
+            DumpQObject(1, QemuJsonOrder.Apply(d));
         }
+    }
+
+    /// <summary>qemu's dump_qobject (block/qapi.c): nested members indented by 4, dashes in keys as spaces, lists as [i].</summary>
+    private static void DumpQObject(int indent, JsonNode? node)
+    {
+        static bool Composite(JsonNode? n) => n is JsonObject or JsonArray;
+        void Line(string label, JsonNode? value)
+        {
+            Console.Write($"{new string(' ', indent * 4)}{label}:{(Composite(value) ? '\n' : ' ')}");
+            DumpQObject(indent + 1, value);
+            if (!Composite(value)) Console.WriteLine();
+        }
+        switch (node)
+        {
+            case JsonObject o: foreach (var (k, v) in o) Line(k.Replace('-', ' '), v); break;
+            case JsonArray a: for (int i = 0; i < a.Count; i++) Line($"[{i}]", a[i]); break;
+            case JsonValue v when v.TryGetValue<bool>(out var b): Console.Write(b ? "true" : "false"); break;
+            case JsonValue v: Console.Write(v.ToString()); break;
+        }
+    }
+
+    /// <summary>qemu's QCryptoBlockInfoLUKS, with the "format" discriminator of its union.</summary>
+    private static JsonObject LuksJson(SharpVM.Storage.Crypto.LuksHeaderInfo l)
+    {
+        var slots = new JsonArray();
+        foreach (var s in l.Slots)
+            slots.Add(s.Active
+                ? new JsonObject { ["active"] = true, ["iters"] = s.Iterations, ["stripes"] = s.Stripes, ["key-offset"] = s.KeyOffset }
+                : new JsonObject { ["active"] = false, ["key-offset"] = s.KeyOffset });
+        var o = new JsonObject { ["format"] = "luks", ["cipher-alg"] = l.CipherAlg, ["cipher-mode"] = l.CipherMode, ["ivgen-alg"] = l.IvgenAlg };
+        if (l.IvgenHashAlg != null) o["ivgen-hash-alg"] = l.IvgenHashAlg;
+        o["hash-alg"] = l.HashAlg;
+        o["payload-offset"] = l.PayloadOffset;
+        o["master-key-iters"] = l.MasterKeyIterations;
+        o["uuid"] = l.Uuid;
+        o["slots"] = slots;
+        return o;
+    }
+
+    private static JsonArray BitmapsJson(IEnumerable<Qcow2Image.BitmapInfo> bitmaps)
+    {
+        var arr = new JsonArray();
+        foreach (var b in bitmaps)
+        {
+            var flags = new JsonArray();
+            if (b.InUse) flags.Add("in-use");
+            if (b.Auto) flags.Add("auto");
+            arr.Add(new JsonObject { ["flags"] = flags, ["name"] = b.Name, ["granularity"] = 1L << b.GranularityBits });
+        }
+        return arr;
     }
 
     public static JsonArray SnapshotsJson(Qcow2Image q)
@@ -173,7 +237,8 @@ internal static class ImgInfo
                 bool data = e.Kind is ExtentKind.Data or ExtentKind.Compressed;
                 // Like qemu: data has a host offset; raw holes keep theirs too (the file offset), qcow2 zero clusters have none.
                 long off = e.Kind != ExtentKind.Compressed && e.HostOffset >= 0 ? e.HostOffset : -1;
-                if (img.Format == "raw" || (img is Qcow2Image qq && qq.IsEncrypted)) { }
+                // qemu gives no offset for encrypted images either: the file there holds ciphertext, not the data.
+                if (LayerAt(img, e.Depth) is Qcow2Image { IsEncrypted: true }) off = -1;
                 var depth = e.Depth;
                 if (!present) depth = ChainLength(img) - 1;
                 if (list.Count > 0)
@@ -198,8 +263,12 @@ internal static class ImgInfo
             else
             {
                 Console.WriteLine($"{"Offset",-16}{"Length",-16}{"Mapped to",-16}File");
-                foreach (var x in list.Where(x => x.Data && x.Off >= 0))
-                    Console.WriteLine($"{"0x" + x.Start.ToString("x", CultureInfo.InvariantCulture),-16}{"0x" + x.Len.ToString("x", CultureInfo.InvariantCulture),-16}{"0x" + x.Off.ToString("x", CultureInfo.InvariantCulture),-16}{x.File}");
+                foreach (var x in list.Where(x => x.Data))
+                {
+                    // Data with no place in a file cannot be shown in this format; qemu-img refuses the same way.
+                    if (x.Off < 0) throw new UserFacingException("File contains external, encrypted or compressed clusters.");
+                    if (!x.Zero) Console.WriteLine($"{Hex(x.Start),-16}{Hex(x.Len),-16}{Hex(x.Off),-16}{x.File}");
+                }
             }
             return 0;
         });
@@ -207,6 +276,16 @@ internal static class ImgInfo
     }
 
     private static string B(bool b) => b ? "true" : "false";
+
+    /// <summary>C's "%#x": 0 has no 0x prefix.</summary>
+    private static string Hex(long v) => v == 0 ? "0" : "0x" + v.ToString("x", CultureInfo.InvariantCulture);
+
+    private static IDiskImage? LayerAt(IDiskImage top, int depth)
+    {
+        var img = top;
+        for (int i = 0; i < depth && img != null; i++) img = img.Backing;
+        return img;
+    }
 
     private static int ChainLength(IDiskImage img)
     {

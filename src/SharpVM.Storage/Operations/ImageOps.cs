@@ -21,22 +21,20 @@ public static class ImageOps
     {
         long size = Math.Min(src.Size, dst.Size);
         int chunk = Math.Max(Chunk, dst.ClusterSize);
-        var buf = new byte[chunk];
         var q = dst as Qcow2Image;
-        long pos = 0;
-        while (pos < size)
+        using var reader = new ChunkPrefetcher(src, size, chunk);
+        foreach (var c in reader.Chunks())
         {
-            int n = (int)Math.Min(chunk - pos % chunk, size - pos);
-            var ext = src.GetExtent(pos, n);
-            n = (int)ext.Length;
-            if (ext.Kind is ExtentKind.Zero or ExtentKind.Unallocated)
+            long pos = c.Pos;
+            int n = c.Length;
+            if (c.Zero)
             {
                 if (!dstIsFresh) dst.WriteZeroes(pos, n);
-                pos += n; progress?.Invoke(pos, size);
+                progress?.Invoke(pos + n, size);
                 continue;
             }
+            var buf = c.Buffer!;
             var span = buf.AsSpan(0, n);
-            src.Read(pos, span);
             if (compress && q != null && pos % q.ClusterSize == 0)
             {
                 // Compress the chunk's clusters in parallel (the codec is the cost), then place them in order.
@@ -101,8 +99,8 @@ public static class ImageOps
                     i = j;
                 }
             }
-            pos += n;
-            progress?.Invoke(pos, size);
+            reader.Return(buf);
+            progress?.Invoke(pos + n, size);
         }
         dst.Flush();
     }
@@ -244,5 +242,23 @@ public static class ImageOps
         }
         long full = luksPayload + PreallocSize(vsize, cs, order, extendedL2);
         return (full - vsize + required, full);
+    }
+
+    /// <summary>
+    /// Room the source's persistent bitmaps take in a qcow2 target with <paramref name="clusterSize"/>, counted as
+    /// qemu's qcow2_measure does: every bitmap fully allocated, its table, and the directory.
+    /// </summary>
+    public static long MeasureBitmaps(Qcow2Image src, int clusterSize)
+    {
+        long cs = clusterSize, total = 0, dirSize = 0;
+        foreach (var b in src.ListBitmaps())
+        {
+            long bits = (src.Size + (1L << b.GranularityBits) - 1) >> b.GranularityBits;
+            long clusters = ((bits + 7) / 8 + cs - 1) / cs;
+            total += clusters * cs;
+            total += (clusters * 8 + cs - 1) / cs * cs; // bitmap table entries
+            dirSize += (24 + System.Text.Encoding.UTF8.GetByteCount(b.Name) + 7) & ~7L;
+        }
+        return total + (dirSize + cs - 1) / cs * cs;
     }
 }

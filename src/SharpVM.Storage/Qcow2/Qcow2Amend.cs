@@ -17,13 +17,12 @@ public sealed partial class Qcow2Image
         }
         Ref(0, ClusterSize, "header");
         Ref((long)Header.L1TableOffset, Header.L1Size * 8L, "L1");
-        long last = -1;
-        WalkL1(L1, true, Ref, r, ref last);
+        WalkL1(L1, true, Ref, r);
         if (Header.NbSnapshots > 0) Ref((long)Header.SnapshotsOffset, Snapshot.WriteTable(Snapshots).Length, "snapshots");
         foreach (var s in Snapshots)
         {
             Ref((long)s.L1TableOffset, s.L1Size * 8L, "snapshot L1");
-            WalkL1(ReadL1((long)s.L1TableOffset, s.L1Size), false, Ref, r, ref last);
+            WalkL1(ReadL1((long)s.L1TableOffset, s.L1Size), false, Ref, r);
         }
         if (includeRefcountStructures)
         {

@@ -46,15 +46,13 @@ public sealed partial class Qcow2Image
             }
             Ref(0, cs, "header");
             Ref((long)Header.L1TableOffset, Header.L1Size * 8L, "L1 table");
-            long lastData = -1;
-            WalkL1(L1, true, Ref, r, ref lastData);
+            WalkL1(L1, true, Ref, r);
             if (Header.NbSnapshots > 0)
                 Ref((long)Header.SnapshotsOffset, Snapshot.WriteTable(Snapshots).Length, "snapshot table");
             foreach (var s in Snapshots)
             {
                 Ref((long)s.L1TableOffset, s.L1Size * 8L, $"snapshot '{s.Name}' L1 table");
-                long dummy = -1;
-                WalkL1(ReadL1((long)s.L1TableOffset, s.L1Size), false, Ref, r, ref dummy);
+                WalkL1(ReadL1((long)s.L1TableOffset, s.L1Size), false, Ref, r);
             }
             Ref(Refcounts.TableOffset, (long)Refcounts.TableClusters << ClusterBits, "refcount table");
             foreach (var b in Refcounts.Table) if (b != 0) Ref((long)b, cs, "refcount block");
@@ -100,6 +98,8 @@ public sealed partial class Qcow2Image
                 else
                 {
                     r.Leaks++;
+                    // qemu's image end offset covers every cluster with a refcount, leaked ones included (until repaired).
+                    if (repair == CheckRepair.None) r.ImageEndOffset = Math.Max(r.ImageEndOffset, (c + 1) << ClusterBits);
                     r.Messages.Add($"Leaked cluster {c} refcount={have} reference={want}");
                     if (repair != CheckRepair.None) fixes.Add((c, want));
                 }
@@ -133,7 +133,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private void WalkL1(ulong[] l1, bool active, Action<long, long, string> refFn, CheckResult r, ref long lastData)
+    private void WalkL1(ulong[] l1, bool active, Action<long, long, string> refFn, CheckResult r)
     {
         int cs = ClusterSize;
         for (int i = 0; i < l1.Length; i++)
@@ -146,6 +146,7 @@ public sealed partial class Qcow2Image
                 continue;
             }
             refFn(l2, cs, "L2 table");
+            long lastData = -1; // like qemu, fragmentation is counted within each L2 table, not across them
             var t = new byte[cs];
             File.Read(l2, t);
             for (long j = 0; j < L2Entries; j++)
@@ -155,7 +156,8 @@ public sealed partial class Qcow2Image
                 {
                     var (co, cl) = CompressedRange(e);
                     refFn(co, cl, "compressed cluster");
-                    if (active) { r.AllocatedClusters++; r.CompressedClusters++; }
+                    // Like qemu: compressed clusters count as fragmented by nature (adjacent ones still re-read shared sectors).
+                    if (active) { r.AllocatedClusters++; r.CompressedClusters++; r.FragmentedClusters++; }
                     continue;
                 }
                 long host = (long)(e & OffsetMask);

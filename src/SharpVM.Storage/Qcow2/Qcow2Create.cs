@@ -69,7 +69,7 @@ public sealed partial class Qcow2Image
         if (o.BackingFile != null && o.BackingFormat != null) h.BackingFormat = o.BackingFormat;
         if (o.EncryptSecret != null) h.CryptMethod = 2;
 
-        using (var f = new ImageFile(path, false, create: !System.IO.File.Exists(path) || Truncate(path)))
+        using (var f = new ImageFile(path, false, create: !System.IO.File.Exists(path) || Truncate(path)) { IgnoreFlushes = openOptions?.UnsafeCache ?? false })
         {
             // Cluster 0 header, cluster 1 refcount table, cluster 2 first refcount block (covers clusters 0..2).
             h.L1TableOffset = 0;

@@ -151,13 +151,18 @@ public sealed partial class Qcow2Image : IDiskImage
         public bool ForRepair { get; init; }
         /// <summary>Skip the automatic refcount repair of dirty images (check wants to see them as they are).</summary>
         public bool NoRepairOnOpen { get; init; }
+        /// <summary>
+        /// qemu's cache=unsafe (qemu-img convert's default for its target): flushes are skipped. Metadata writes keep
+        /// their crash-safe order, so a killed process still leaves an image that check accepts; a host crash may not.
+        /// </summary>
+        public bool UnsafeCache { get; init; }
         internal int Depth { get; init; }
     }
 
     public static Qcow2Image Open(string path, OpenOptions? opts = null)
     {
         opts ??= new OpenOptions();
-        var file = new ImageFile(path, opts.ReadOnly);
+        var file = new ImageFile(path, opts.ReadOnly) { IgnoreFlushes = opts.UnsafeCache };
         try
         {
             long len = file.Length;
@@ -271,6 +276,7 @@ public sealed partial class Qcow2Image : IDiskImage
 
     public void Read(long offset, Span<byte> buffer)
     {
+        if (TryReadUnlocked(offset, buffer)) return;
         lock (_sync)
         {
             CheckRange(offset, buffer.Length);
@@ -434,7 +440,14 @@ public sealed partial class Qcow2Image : IDiskImage
 
     // ---------------------------------------------------------------- writing
 
+    /// <summary>Start of every metadata-changing operation: drains unlocked data I/O first (see Qcow2UnlockedIo.cs).</summary>
     private void BeginWrite()
+    {
+        AwaitUnlockedIo();
+        PrepareWrite();
+    }
+
+    private void PrepareWrite()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (File.ReadOnly) throw new ImageReadOnlyException($"'{Path}' is open read-only");
@@ -444,8 +457,10 @@ public sealed partial class Qcow2Image : IDiskImage
 
     public void Write(long offset, ReadOnlySpan<byte> data)
     {
+        if (TryWriteUnlocked(offset, data)) return;
         lock (_sync)
         {
+            AwaitUnlockedIo(); // first: waiting releases the lock, so nothing may be read before it
             CheckRange(offset, data.Length);
             BeginWrite();
             try { WriteLocked(offset, data); }
@@ -632,6 +647,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
             BeginWrite();
             if (cluster.Length != ClusterSize) throw new ArgumentException("WriteCompressed takes exactly one cluster");
@@ -654,6 +670,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(guestCluster << ClusterBits, Math.Min(ClusterSize, Size - (guestCluster << ClusterBits)));
             BeginWrite();
             if (compressed == null) { WriteChunk(guestCluster << ClusterBits, cluster); return; }
@@ -687,6 +704,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             CheckRange(offset, length);
             BeginWrite();
             long end = offset + length;
@@ -735,6 +753,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo(); // frees deferred clusters: no unlocked pwrite may still be aimed at one
             if (File.ReadOnly) return;
             if (!ApplyPendingFrees()) File.Flush();
         }
@@ -746,8 +765,13 @@ public sealed partial class Qcow2Image : IDiskImage
     /// Clusters [_poolNext, _poolEnd) already carry refcount 1 on disk (synced) but are referenced by nothing yet.
     /// Guest writes take new clusters from this pool, so an L2 entry can never reach the disk before the refcount
     /// that covers it, at the price of one fsync per batch; a crash leaks at most the rest of the pool.
+    /// Batches start at 8 MiB and double while the image keeps growing, up to 128 MiB: a long sequential fill
+    /// (convert, a guest's first write of its disk) then pays a dozen fsyncs per GiB instead of 128, and the
+    /// most a crash can leak stays bounded (leaks cost space, never data; check -r leaks reclaims them).
     /// </summary>
     private long _poolNext, _poolEnd;
+    private long _poolBatchBytes = MinPoolBatchBytes;
+    private const long MinPoolBatchBytes = 8L << 20, MaxPoolBatchBytes = 128L << 20;
     /// <summary>References dropped by guest writes, applied only after the fsync that makes their replacement durable.</summary>
     private readonly List<ulong> _pendingEntries = [];
     private readonly List<long> _pendingClusters = [];
@@ -763,7 +787,8 @@ public sealed partial class Qcow2Image : IDiskImage
         }
         ReleasePool();
         // Batches stay under half a refcount block so the first-fit allocator can serve them.
-        int batch = Math.Max(n, (int)Math.Clamp((8L << 20) >> ClusterBits, 1, Math.Max(1, Refcounts.EntriesPerBlock / 2)));
+        int batch = Math.Max(n, (int)Math.Clamp(_poolBatchBytes >> ClusterBits, 1, Math.Max(1, Refcounts.EntriesPerBlock / 2)));
+        _poolBatchBytes = Math.Min(_poolBatchBytes * 2, MaxPoolBatchBytes);
         long start = Refcounts.Allocate(batch);
         File.Flush();
         _poolNext = start + bytes;
@@ -799,6 +824,7 @@ public sealed partial class Qcow2Image : IDiskImage
     /// <summary>Brings refcounts to exactly what the metadata says (before whole-image walks: check, snapshots, amend).</summary>
     internal void Quiesce()
     {
+        AwaitUnlockedIo();
         if (File.ReadOnly) return;
         ApplyPendingFrees();
         ReleasePool();
@@ -835,6 +861,7 @@ public sealed partial class Qcow2Image : IDiskImage
             {
                 var c = ClassifyCluster(pos);
                 if (c.Kind != first.Kind) break;
+                if ((first.HostOffset >= 0) != (c.HostOffset >= 0)) break;
                 if (first.HostOffset >= 0 && c.HostOffset != first.HostOffset + (pos - offset)) break;
                 if (first.Kind == ExtentKind.Unallocated && _backing != null) break;
                 long n = Math.Min(step, offset + length - pos);
@@ -849,15 +876,18 @@ public sealed partial class Qcow2Image : IDiskImage
         var (e, bm) = GetEntry(g >> ClusterBits);
         if ((e & CompressedFlag) != 0) return (ExtentKind.Compressed, -1);
         long host = (long)(e & OffsetMask);
+        // Like qemu's block status, a zero or unallocated (sub)cluster that still owns a host cluster reports where
+        // it lies (QCOW2_SUBCLUSTER_ZERO_ALLOC / UNALLOCATED_ALLOC): `map` shows that offset.
+        long hostHere = host != 0 ? host + (g & (ClusterSize - 1)) : -1;
         if (Extended)
         {
             int s = (int)(g & (ClusterSize - 1)) >> SubBits;
-            if ((bm >> s & 1) != 0) return (ExtentKind.Data, host + (g & (ClusterSize - 1)));
-            if ((bm >> (32 + s) & 1) != 0) return (ExtentKind.Zero, -1);
-            return (_backing == null ? ExtentKind.Unallocated : ExtentKind.Unallocated, -1);
+            if ((bm >> s & 1) != 0) return (ExtentKind.Data, hostHere);
+            if ((bm >> (32 + s) & 1) != 0) return (ExtentKind.Zero, hostHere);
+            return (ExtentKind.Unallocated, hostHere);
         }
-        if ((e & ZeroFlag) != 0 && Header.Version >= 3) return (ExtentKind.Zero, -1);
-        if (host != 0) return (ExtentKind.Data, host + (g & (ClusterSize - 1)));
+        if ((e & ZeroFlag) != 0 && Header.Version >= 3) return (ExtentKind.Zero, hostHere);
+        if (host != 0) return (ExtentKind.Data, hostHere);
         return (ExtentKind.Unallocated, -1);
     }
 
@@ -895,6 +925,45 @@ public sealed partial class Qcow2Image : IDiskImage
         return ((long)off, buf);
     }
 
+    /// <summary>The public part of the embedded LUKS header (readable without the secret), or null when not encrypted.</summary>
+    public LuksHeaderInfo? ReadLuksHeader()
+    {
+        lock (_sync)
+        {
+            if (Header.CryptoHeader is not { } ch) return null;
+            if (ch.Length < LuksHeaderInfo.HeaderBytes || ch.Offset > (ulong)File.Length - LuksHeaderInfo.HeaderBytes)
+                throw new CorruptImageException("LUKS header lies outside the file");
+            var buf = new byte[LuksHeaderInfo.HeaderBytes];
+            File.Read((long)ch.Offset, buf);
+            return LuksHeaderInfo.Parse(buf);
+        }
+    }
+
+    /// <summary>A persistent dirty bitmap as the bitmap directory describes it (qcow2.rst, "Bitmap directory").</summary>
+    public readonly record struct BitmapInfo(string Name, int GranularityBits, bool InUse, bool Auto);
+
+    /// <summary>The persistent dirty bitmaps in the image (we keep but do not track them), in directory order.</summary>
+    public IReadOnlyList<BitmapInfo> ListBitmaps()
+    {
+        lock (_sync)
+        {
+            if (BitmapDirectory() is not var (_, dir)) return [];
+            var list = new List<BitmapInfo>();
+            foreach (var (o, _, _) in BitmapEntries(dir))
+            {
+                uint flags = BinaryPrimitives.ReadUInt32BigEndian(dir.AsSpan(o + 12));
+                int granularityBits = dir[o + 17];
+                int nameSize = BinaryPrimitives.ReadUInt16BigEndian(dir.AsSpan(o + 18));
+                int extra = (int)BinaryPrimitives.ReadUInt32BigEndian(dir.AsSpan(o + 20));
+                if (o + 24 + extra + nameSize > dir.Length || granularityBits is < 9 or > 31)
+                    throw new CorruptImageException("bitmap directory entry is malformed");
+                string name = System.Text.Encoding.UTF8.GetString(dir, o + 24 + extra, nameSize);
+                list.Add(new BitmapInfo(name, granularityBits, (flags & 1) != 0, (flags & 2) != 0));
+            }
+            return list;
+        }
+    }
+
     /// <summary>(entry offset in directory, bitmap table offset, table size in entries).</summary>
     internal static IEnumerable<(int EntryOffset, ulong TableOffset, uint TableSize)> BitmapEntries(byte[] dir)
     {
@@ -915,6 +984,7 @@ public sealed partial class Qcow2Image : IDiskImage
     {
         lock (_sync)
         {
+            AwaitUnlockedIo();
             if (_disposed) return;
             try { Quiesce(); }
             finally { _disposed = true; }

@@ -7,16 +7,17 @@ public sealed class RawImage : IDiskImage
     private long _size;
     private bool _disposed;
 
-    public RawImage(string path, bool readOnly)
+    /// <param name="unsafeCache">qemu's cache=unsafe: Flush does not fsync.</param>
+    public RawImage(string path, bool readOnly, bool unsafeCache = false)
     {
-        _file = new ImageFile(path, readOnly);
+        _file = new ImageFile(path, readOnly) { IgnoreFlushes = unsafeCache };
         _size = _file.Length;
     }
 
-    public static RawImage Create(string path, long size)
+    public static RawImage Create(string path, long size, bool unsafeCache = false)
     {
         using (var f = new FileStream(path, FileMode.Create, FileAccess.Write)) f.SetLength(size);
-        return new RawImage(path, false);
+        return new RawImage(path, false, unsafeCache);
     }
 
     public string Format => "raw";
