@@ -1,0 +1,152 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace SharpVM.Cpu;
+
+public sealed partial class EmulatorVcpu
+{
+    /// <summary>
+    /// The most executed fast-path forms (64/32-bit MOV, ALU, LEA, INC/DEC, Jcc and the fused compare-and-branch),
+    /// inlined into the block loop so they cost one switch and no call; false for everything else, which goes on
+    /// to <see cref="ExecFast"/>. Profiling the boot showed the call into the large ExecFast (its prologue and
+    /// epilogue) costing about as much as the switch itself.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool ExecHot(ref DInsn d)
+    {
+        switch (d.Op)
+        {
+            case FastOp.MovRR64: G(d.Dst) = G(d.Src); return true;
+            case FastOp.MovRM64: G(d.Dst) = Read(FastLinear(ref d), 8); return true;
+            case FastOp.MovMR64: Write(FastLinear(ref d), 8, G(d.Src)); return true;
+            case FastOp.MovRI64: G(d.Dst) = d.Imm; return true;
+            case FastOp.AluRR64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRI64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRM64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), Read(FastLinear(ref d), 8));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.Lea64: G(d.Dst) = FastAddr(ref d); return true;
+            case FastOp.MovRR32: G(d.Dst) = (uint)G(d.Src); return true;
+            case FastOp.MovRM32: G(d.Dst) = (uint)Read(FastLinear(ref d), 4); return true;
+            case FastOp.MovMR32: Write(FastLinear(ref d), 4, (uint)G(d.Src)); return true;
+            case FastOp.MovRI32: G(d.Dst) = (uint)d.Imm; return true;
+            case FastOp.AluRR32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.AluRI32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                return true;
+            }
+            case FastOp.Jcc:
+                if (Cond((ConditionCode)d.Alu)) { Rip = d.Imm; _endBlock = true; }
+                return true;
+            case FastOp.IncR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR64:
+            {
+                ref ulong g = ref G(d.Dst);
+                ulong a = g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.IncR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
+                g = a + 1;
+                return true;
+            }
+            case FastOp.DecR32:
+            {
+                ref ulong g = ref G(d.Dst);
+                uint a = (uint)g;
+                SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
+                g = a - 1;
+                return true;
+            }
+            case FastOp.AluJccRR64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
+            case FastOp.AluJccRI64:
+            {
+                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
+            case FastOp.AluJccRR32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
+            case FastOp.AluJccRI32:
+            {
+                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
+                if (d.Alu < OpCmp) G(d.Dst) = r;
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// Fuses a block's closing "ALU/CMP/TEST register, register-or-immediate; Jcc" pair into one entry (the
+    /// compare's), so the pair costs one dispatch. The fused entry stays the last one, so the block loop needs
+    /// no special case: the Jcc cannot fault and the compare neither faults nor writes memory. Returns the
+    /// number of entries to dispatch.
+    /// </summary>
+    private static int FuseCompareAndBranch(DInsn[] d, int count)
+    {
+        if (count < 2 || d[count - 1].Op != FastOp.Jcc) return count;
+        ref DInsn alu = ref d[count - 2];
+        byte fused = alu.Op switch
+        {
+            FastOp.AluRR64 => FastOp.AluJccRR64,
+            FastOp.AluRI64 => FastOp.AluJccRI64,
+            FastOp.AluRR32 => FastOp.AluJccRR32,
+            FastOp.AluRI32 => FastOp.AluJccRI32,
+            _ => FastOp.None,
+        };
+        if (fused == FastOp.None) return count;
+        ref DInsn jcc = ref d[count - 1];
+        alu.Op = fused;
+        alu.Cc = jcc.Alu;
+        alu.Target = jcc.Imm;
+        alu.JccNext = jcc.NextIp;
+        return count - 1;
+    }
+}
