@@ -43,7 +43,9 @@ internal static class FastOp
         // both (see EmulatorVcpu.FuseCompareAndBranch). Always the last entry of a block's DInsn array.
         AluJccRR64 = 45, AluJccRI64 = 46, AluJccRR32 = 47, AluJccRI32 = 48,
         // 64-bit two-operand IMUL (multi-precision arithmetic in the kernel's RSA code runs it by the hundred million).
-        ImulRR64 = 49, ImulRM64 = 50;
+        ImulRR64 = 49, ImulRM64 = 50,
+        // MOVZX into a 32/64-bit register: the whole register is the zero-extended source.
+        MovzxRRWide = 51, MovzxRMWide = 52;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -92,6 +94,8 @@ public sealed unsafe partial class EmulatorVcpu
     {
         var d = PredecodeGeneric(i, osz, asz, bitness);
         if (d.Op == FastOp.None) PredecodeExtra(i, ref d, osz);
+        if (d.Op == FastOp.MovzxRR && osz >= 4) d.Op = FastOp.MovzxRRWide;
+        if (d.Op == FastOp.MovzxRM && osz >= 4) d.Op = FastOp.MovzxRMWide;
         if (d.DstHigh || d.SrcHigh) return d;
         if (osz == 8)
         {
@@ -292,23 +296,6 @@ public sealed unsafe partial class EmulatorVcpu
         int sz = d.Size;
         switch (d.Op)
         {
-            case FastOp.ShiftRI64:
-            {
-                int c = (int)(d.Imm & 63);
-                if (c == 0) return true;
-                ref ulong g = ref G(d.Dst);
-                ulong a = g, r;
-                bool cf, of;
-                switch (d.Alu)
-                {
-                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
-                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
-                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
-                }
-                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
-                g = r;
-                return true;
-            }
             case FastOp.ImulRR64 or FastOp.ImulRM64:
             {
                 ulong b = d.Op == FastOp.ImulRR64 ? G(d.Src) : Read(FastLinear(ref d), 8);
@@ -361,40 +348,6 @@ public sealed unsafe partial class EmulatorVcpu
             case FastOp.Lea: SetR(d.Dst, false, sz, FastAddr(ref d)); return true;
             case FastOp.IncR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, false)); return true;
             case FastOp.DecR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, true)); return true;
-            case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
-            case FastOp.Call:
-            {
-                ulong sp = G(4) - 8;
-                Write(sp, 8, d.NextIp);
-                G(4) = sp;
-                Rip = d.Imm;
-                _endBlock = true;
-                return true;
-            }
-            case FastOp.Ret:
-            {
-                ulong sp = G(4);
-                Rip = Read(sp, 8);
-                G(4) = sp + 8;
-                _endBlock = true;
-                return true;
-            }
-            case FastOp.Push:
-            {
-                ulong v = G(d.Dst);
-                ulong sp = G(4) - 8;
-                Write(sp, 8, v);
-                G(4) = sp;
-                return true;
-            }
-            case FastOp.Pop:
-            {
-                ulong sp = G(4);
-                ulong v = Read(sp, 8);
-                G(4) = sp + 8;
-                G(d.Dst) = v;
-                return true;
-            }
             case FastOp.ShiftRI:
             {
                 var mn = d.Alu == 0 ? Mnemonic.Shl : d.Alu == 1 ? Mnemonic.Shr : Mnemonic.Sar;

@@ -6,7 +6,8 @@ namespace SharpVM.Cpu;
 public sealed partial class EmulatorVcpu
 {
     /// <summary>
-    /// The most executed fast-path forms (64/32-bit MOV, ALU, LEA, INC/DEC, Jcc and the fused compare-and-branch),
+    /// The most executed fast-path forms (64/32-bit MOV, MOVZX, ALU, LEA, INC/DEC, shifts by an immediate, JMP/Jcc/CALL/RET, PUSH/POP and the fused
+    /// compare-and-branch),
     /// inlined into the block loop so they cost one switch and no call; false for everything else, which goes on
     /// to <see cref="ExecFast"/>. Profiling the boot showed the call into the large ExecFast (its prologue and
     /// epilogue) costing about as much as the switch itself.
@@ -90,6 +91,59 @@ public sealed partial class EmulatorVcpu
                 g = a - 1;
                 return true;
             }
+            case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
+            case FastOp.Call:
+            {
+                ulong sp = G(4) - 8;
+                Write(sp, 8, d.NextIp);
+                G(4) = sp;
+                Rip = d.Imm;
+                _endBlock = true;
+                return true;
+            }
+            case FastOp.Ret:
+            {
+                ulong sp = G(4);
+                Rip = Read(sp, 8);
+                G(4) = sp + 8;
+                _endBlock = true;
+                return true;
+            }
+            case FastOp.Push:
+            {
+                ulong v = G(d.Dst);
+                ulong sp = G(4) - 8;
+                Write(sp, 8, v);
+                G(4) = sp;
+                return true;
+            }
+            case FastOp.Pop:
+            {
+                ulong sp = G(4);
+                ulong v = Read(sp, 8);
+                G(4) = sp + 8;
+                G(d.Dst) = v;
+                return true;
+            }
+            case FastOp.ShiftRI64:
+            {
+                int c = (int)(d.Imm & 63);
+                if (c == 0) return true;
+                ref ulong g = ref G(d.Dst);
+                ulong a = g, r;
+                bool cf, of;
+                switch (d.Alu)
+                {
+                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
+                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
+                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
+                }
+                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+                g = r;
+                return true;
+            }
+            case FastOp.MovzxRRWide: G(d.Dst) = GetR(d.Src, d.SrcHigh, (int)d.Imm); return true;
+            case FastOp.MovzxRMWide: G(d.Dst) = Read(FastLinear(ref d), (int)d.Imm); return true;
             case FastOp.AluJccRR64:
             {
                 ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));

@@ -230,7 +230,8 @@ public sealed unsafe partial class EmulatorVcpu
             FaultRip = d.Ip;
             if (s_trace) TraceBlockEntry(b, k, n);
             Rip = d.NextIp;
-            if (!ExecHot(ref d) && (d.Op == FastOp.None || !ExecFast(ref d))) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+            if (!ExecHot(ref d) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
+                Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
             if (_endBlock)
             {
                 // Entries after k did not run (a fused last entry, k == n - 1, covers two instructions that both ran).
