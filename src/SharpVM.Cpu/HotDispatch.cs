@@ -13,47 +13,47 @@ public sealed partial class EmulatorVcpu
     /// epilogue) costing about as much as the switch itself.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool ExecHot(ref DInsn d)
+    private bool ExecHot(ref DInsn d, ref ulong regs)
     {
         switch (d.Op)
         {
-            case FastOp.MovRR64: G(d.Dst) = G(d.Src); return true;
-            case FastOp.MovRM64: G(d.Dst) = Read(FastLinear(ref d), 8); return true;
-            case FastOp.MovMR64: Write(FastLinear(ref d), 8, G(d.Src)); return true;
-            case FastOp.MovRI64: G(d.Dst) = d.Imm; return true;
+            case FastOp.MovRR64: Reg(ref regs, d.Dst) = Reg(ref regs, d.Src); return true;
+            case FastOp.MovRM64: Reg(ref regs, d.Dst) = Read(FastLinear(ref d, ref regs), 8); return true;
+            case FastOp.MovMR64: Write(FastLinear(ref d, ref regs), 8, Reg(ref regs, d.Src)); return true;
+            case FastOp.MovRI64: Reg(ref regs, d.Dst) = d.Imm; return true;
             case FastOp.AluRR64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), Reg(ref regs, d.Src));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 return true;
             }
             case FastOp.AluRI64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), d.Imm);
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 return true;
             }
             case FastOp.AluRM64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), Read(FastLinear(ref d), 8));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), Read(FastLinear(ref d, ref regs), 8));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 return true;
             }
-            case FastOp.Lea64: G(d.Dst) = FastAddr(ref d); return true;
-            case FastOp.MovRR32: G(d.Dst) = (uint)G(d.Src); return true;
-            case FastOp.MovRM32: G(d.Dst) = (uint)Read(FastLinear(ref d), 4); return true;
-            case FastOp.MovMR32: Write(FastLinear(ref d), 4, (uint)G(d.Src)); return true;
-            case FastOp.MovRI32: G(d.Dst) = (uint)d.Imm; return true;
+            case FastOp.Lea64: Reg(ref regs, d.Dst) = FastAddr(ref d, ref regs); return true;
+            case FastOp.MovRR32: Reg(ref regs, d.Dst) = (uint)Reg(ref regs, d.Src); return true;
+            case FastOp.MovRM32: Reg(ref regs, d.Dst) = (uint)Read(FastLinear(ref d, ref regs), 4); return true;
+            case FastOp.MovMR32: Write(FastLinear(ref d, ref regs), 4, (uint)Reg(ref regs, d.Src)); return true;
+            case FastOp.MovRI32: Reg(ref regs, d.Dst) = (uint)d.Imm; return true;
             case FastOp.AluRR32:
             {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                uint r = Alu32(d.Alu, (uint)Reg(ref regs, d.Dst), (uint)Reg(ref regs, d.Src));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 return true;
             }
             case FastOp.AluRI32:
             {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                uint r = Alu32(d.Alu, (uint)Reg(ref regs, d.Dst), (uint)d.Imm);
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 return true;
             }
             case FastOp.Jcc:
@@ -61,7 +61,7 @@ public sealed partial class EmulatorVcpu
                 return true;
             case FastOp.IncR64:
             {
-                ref ulong g = ref G(d.Dst);
+                ref ulong g = ref Reg(ref regs, d.Dst);
                 ulong a = g;
                 SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
                 g = a + 1;
@@ -69,7 +69,7 @@ public sealed partial class EmulatorVcpu
             }
             case FastOp.DecR64:
             {
-                ref ulong g = ref G(d.Dst);
+                ref ulong g = ref Reg(ref regs, d.Dst);
                 ulong a = g;
                 SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
                 g = a - 1;
@@ -77,7 +77,7 @@ public sealed partial class EmulatorVcpu
             }
             case FastOp.IncR32:
             {
-                ref ulong g = ref G(d.Dst);
+                ref ulong g = ref Reg(ref regs, d.Dst);
                 uint a = (uint)g;
                 SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
                 g = a + 1;
@@ -85,7 +85,7 @@ public sealed partial class EmulatorVcpu
             }
             case FastOp.DecR32:
             {
-                ref ulong g = ref G(d.Dst);
+                ref ulong g = ref Reg(ref regs, d.Dst);
                 uint a = (uint)g;
                 SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
                 g = a - 1;
@@ -94,42 +94,42 @@ public sealed partial class EmulatorVcpu
             case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
             case FastOp.Call:
             {
-                ulong sp = G(4) - 8;
+                ulong sp = Reg(ref regs, 4) - 8;
                 Write(sp, 8, d.NextIp);
-                G(4) = sp;
+                Reg(ref regs, 4) = sp;
                 Rip = d.Imm;
                 _endBlock = true;
                 return true;
             }
             case FastOp.Ret:
             {
-                ulong sp = G(4);
+                ulong sp = Reg(ref regs, 4);
                 Rip = Read(sp, 8);
-                G(4) = sp + 8;
+                Reg(ref regs, 4) = sp + 8;
                 _endBlock = true;
                 return true;
             }
             case FastOp.Push:
             {
-                ulong v = G(d.Dst);
-                ulong sp = G(4) - 8;
+                ulong v = Reg(ref regs, d.Dst);
+                ulong sp = Reg(ref regs, 4) - 8;
                 Write(sp, 8, v);
-                G(4) = sp;
+                Reg(ref regs, 4) = sp;
                 return true;
             }
             case FastOp.Pop:
             {
-                ulong sp = G(4);
+                ulong sp = Reg(ref regs, 4);
                 ulong v = Read(sp, 8);
-                G(4) = sp + 8;
-                G(d.Dst) = v;
+                Reg(ref regs, 4) = sp + 8;
+                Reg(ref regs, d.Dst) = v;
                 return true;
             }
             case FastOp.ShiftRI64:
             {
                 int c = (int)(d.Imm & 63);
                 if (c == 0) return true;
-                ref ulong g = ref G(d.Dst);
+                ref ulong g = ref Reg(ref regs, d.Dst);
                 ulong a = g, r;
                 bool cf, of;
                 switch (d.Alu)
@@ -142,33 +142,33 @@ public sealed partial class EmulatorVcpu
                 g = r;
                 return true;
             }
-            case FastOp.MovzxRRWide: G(d.Dst) = GetR(d.Src, d.SrcHigh, (int)d.Imm); return true;
-            case FastOp.MovzxRMWide: G(d.Dst) = Read(FastLinear(ref d), (int)d.Imm); return true;
+            case FastOp.MovzxRRWide: Reg(ref regs, d.Dst) = GetR(d.Src, d.SrcHigh, (int)d.Imm); return true;
+            case FastOp.MovzxRMWide: Reg(ref regs, d.Dst) = Read(FastLinear(ref d, ref regs), (int)d.Imm); return true;
             case FastOp.AluJccRR64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), Reg(ref regs, d.Src));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
                 return true;
             }
             case FastOp.AluJccRI64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), d.Imm);
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
                 return true;
             }
             case FastOp.AluJccRR32:
             {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                uint r = Alu32(d.Alu, (uint)Reg(ref regs, d.Dst), (uint)Reg(ref regs, d.Src));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
                 return true;
             }
             case FastOp.AluJccRI32:
             {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                uint r = Alu32(d.Alu, (uint)Reg(ref regs, d.Dst), (uint)d.Imm);
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
                 Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
                 return true;
             }
@@ -176,6 +176,24 @@ public sealed partial class EmulatorVcpu
                 return false;
         }
     }
+
+    // The register file as a ref hoisted out of the block loop: Gpr is a readonly field, but the JIT would
+    // still reload and null-check it for every register access.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref ulong Reg(ref ulong regs, int idx) => ref Unsafe.Add(ref regs, idx);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong FastAddr(ref DInsn d, ref ulong regs)
+    {
+        ulong a = d.Disp;
+        if (d.Base >= 0) a += Reg(ref regs, d.Base);
+        if (d.Index >= 0) a += Reg(ref regs, d.Index) << d.Scale;
+        if (d.ASize != 8) a = d.ASize == 4 ? (uint)a : (ushort)a;
+        return a;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong FastLinear(ref DInsn d, ref ulong regs) => Linear(d.Seg, FastAddr(ref d, ref regs));
 
     /// <summary>
     /// Fuses a block's closing "ALU/CMP/TEST register, register-or-immediate; Jcc" pair into one entry (the

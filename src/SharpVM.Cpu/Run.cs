@@ -224,13 +224,14 @@ public sealed unsafe partial class EmulatorVcpu
         var ds = b.D;
         int n = b.RunCount;
         InstructionsRetired += b.Count;
+        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
         for (int k = 0; k < n; k++)
         {
             ref DInsn d = ref ds[k];
             FaultRip = d.Ip;
             if (s_trace) TraceBlockEntry(b, k, n);
             Rip = d.NextIp;
-            if (!ExecHot(ref d) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
+            if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
                 Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
             if (_endBlock)
             {
