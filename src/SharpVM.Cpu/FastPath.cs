@@ -45,7 +45,9 @@ internal static class FastOp
         // 64-bit two-operand IMUL (multi-precision arithmetic in the kernel's RSA code runs it by the hundred million).
         ImulRR64 = 49, ImulRM64 = 50,
         // MOVZX into a 32/64-bit register: the whole register is the zero-extended source.
-        MovzxRRWide = 51, MovzxRMWide = 52;
+        MovzxRRWide = 51, MovzxRMWide = 52,
+        // More fused compare-and-branch forms: a 64-bit ALU/CMP with a memory source, and any-width register forms.
+        AluJccRM64 = 53, AluJccRR = 54, AluJccRI = 55;
 }
 
 public sealed unsafe partial class EmulatorVcpu

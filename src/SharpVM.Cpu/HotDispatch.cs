@@ -172,6 +172,23 @@ public sealed partial class EmulatorVcpu
                 Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
                 return true;
             }
+            case FastOp.AluJccRM64:
+            {
+                ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), Read(FastLinear(ref d, ref regs), 8));
+                if (d.Alu < OpCmp) Reg(ref regs, d.Dst) = r;
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
+            case FastOp.AluJccRR:
+            case FastOp.AluJccRI:
+            {
+                int sz = d.Size;
+                ulong src = d.Op == FastOp.AluJccRR ? GetR(d.Src, d.SrcHigh, sz) : d.Imm;
+                ulong r = Alu(d.Alu, GetR(d.Dst, d.DstHigh, sz), src, sz);
+                if (d.Alu < OpCmp) SetR(d.Dst, d.DstHigh, sz, r);
+                Rip = Cond((ConditionCode)d.Cc) ? d.Target : d.JccNext;
+                return true;
+            }
             default:
                 return false;
         }
@@ -196,10 +213,11 @@ public sealed partial class EmulatorVcpu
     private ulong FastLinear(ref DInsn d, ref ulong regs) => Linear(d.Seg, FastAddr(ref d, ref regs));
 
     /// <summary>
-    /// Fuses a block's closing "ALU/CMP/TEST register, register-or-immediate; Jcc" pair into one entry (the
+    /// Fuses a block's closing "ALU/CMP/TEST register, register/immediate/memory; Jcc" pair into one entry (the
     /// compare's), so the pair costs one dispatch. The fused entry stays the last one, so the block loop needs
-    /// no special case: the Jcc cannot fault and the compare neither faults nor writes memory. Returns the
-    /// number of entries to dispatch.
+    /// no special case: the Jcc cannot fault, and the compare writes no memory and, when it reads memory and
+    /// faults, does so before anything changed (FaultRip is its own address). Returns the number of entries
+    /// to dispatch.
     /// </summary>
     private static int FuseCompareAndBranch(DInsn[] d, int count)
     {
@@ -211,6 +229,9 @@ public sealed partial class EmulatorVcpu
             FastOp.AluRI64 => FastOp.AluJccRI64,
             FastOp.AluRR32 => FastOp.AluJccRR32,
             FastOp.AluRI32 => FastOp.AluJccRI32,
+            FastOp.AluRM64 => FastOp.AluJccRM64,
+            FastOp.AluRR => FastOp.AluJccRR,
+            FastOp.AluRI => FastOp.AluJccRI,
             _ => FastOp.None,
         };
         if (fused == FastOp.None) return count;
