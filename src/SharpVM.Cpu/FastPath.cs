@@ -47,7 +47,9 @@ internal static class FastOp
         // MOVZX into a 32/64-bit register: the whole register is the zero-extended source.
         MovzxRRWide = 51, MovzxRMWide = 52,
         // More fused compare-and-branch forms: a 64-bit ALU/CMP with a memory source, and any-width register forms.
-        AluJccRM64 = 53, AluJccRR = 54, AluJccRI = 55;
+        AluJccRM64 = 53, AluJccRR = 54, AluJccRI = 55,
+        // SETcc, 64-bit CMOVcc and MOVSXD (classified by PredecodeExtra, renumbered so the block loop inlines them).
+        SetccR = 56, CmovRR64 = 57, CmovRM64 = 58, MovsxdRR = 59, MovsxdRM = 60;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -96,6 +98,15 @@ public sealed unsafe partial class EmulatorVcpu
     {
         var d = PredecodeGeneric(i, osz, asz, bitness);
         if (d.Op == FastOp.None) PredecodeExtra(i, ref d, osz);
+        d.Op = d.Op switch
+        {
+            FastOpExtra.SetccR => FastOp.SetccR,
+            FastOpExtra.MovsxdRR => FastOp.MovsxdRR,
+            FastOpExtra.MovsxdRM => FastOp.MovsxdRM,
+            FastOpExtra.CmovRR when osz == 8 => FastOp.CmovRR64,
+            FastOpExtra.CmovRM when osz == 8 => FastOp.CmovRM64,
+            _ => d.Op,
+        };
         if (d.Op == FastOp.MovzxRR && osz >= 4) d.Op = FastOp.MovzxRRWide;
         if (d.Op == FastOp.MovzxRM && osz >= 4) d.Op = FastOp.MovzxRMWide;
         if (d.DstHigh || d.SrcHigh) return d;

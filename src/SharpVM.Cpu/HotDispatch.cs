@@ -6,10 +6,10 @@ namespace SharpVM.Cpu;
 public sealed partial class EmulatorVcpu
 {
     /// <summary>
-    /// The most executed fast-path forms (64/32-bit MOV, MOVZX, ALU, LEA, INC/DEC, shifts by an immediate, JMP/Jcc/CALL/RET, PUSH/POP and the fused
-    /// compare-and-branch),
-    /// inlined into the block loop so they cost one switch and no call; false for everything else, which goes on
-    /// to <see cref="ExecFast"/>. Profiling the boot showed the call into the large ExecFast (its prologue and
+    /// The most executed fast-path forms (64/32-bit MOV, MOVZX, ALU, LEA, INC/DEC, shifts by an immediate,
+    /// SETcc, 64-bit CMOVcc, MOVSXD, JMP/Jcc/CALL/RET, PUSH/POP and the fused compare-and-branch), inlined
+    /// into the block loop so they cost one switch and no call; false for everything else, which goes on to
+    /// <see cref="ExecFast"/>. Profiling the boot showed the call into the large ExecFast (its prologue and
     /// epilogue) costing about as much as the switch itself.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -144,6 +144,19 @@ public sealed partial class EmulatorVcpu
             }
             case FastOp.MovzxRRWide: Reg(ref regs, d.Dst) = GetR(d.Src, d.SrcHigh, (int)d.Imm); return true;
             case FastOp.MovzxRMWide: Reg(ref regs, d.Dst) = Read(FastLinear(ref d, ref regs), (int)d.Imm); return true;
+            case FastOp.SetccR: SetR(d.Dst, d.DstHigh, 1, Cond((ConditionCode)d.Alu) ? 1UL : 0); return true;
+            case FastOp.CmovRR64:
+                if (Cond((ConditionCode)d.Alu)) Reg(ref regs, d.Dst) = Reg(ref regs, d.Src);
+                return true;
+            case FastOp.CmovRM64:
+            {
+                // The memory operand is read whatever the condition (it may fault), as on hardware.
+                ulong v = Read(FastLinear(ref d, ref regs), 8);
+                if (Cond((ConditionCode)d.Alu)) Reg(ref regs, d.Dst) = v;
+                return true;
+            }
+            case FastOp.MovsxdRR: Reg(ref regs, d.Dst) = (ulong)(long)(int)Reg(ref regs, d.Src); return true;
+            case FastOp.MovsxdRM: Reg(ref regs, d.Dst) = (ulong)(long)(int)Read(FastLinear(ref d, ref regs), 4); return true;
             case FastOp.AluJccRR64:
             {
                 ulong r = Alu64(d.Alu, Reg(ref regs, d.Dst), Reg(ref regs, d.Src));
