@@ -304,6 +304,20 @@ public sealed unsafe partial class EmulatorVcpu
                 case ConditionCode.g: return Bits.SignExtend(a, _lazySz) > Bits.SignExtend(b, _lazySz);
             }
         }
+        else if (lop == LazyAdd)
+        {
+            // Carries out of ADD (multi-precision arithmetic: ADD then SETB/JB/ADC) need no materialized RFLAGS.
+            ulong r = _lazyR;
+            switch (cc)
+            {
+                case ConditionCode.e: return r == 0;
+                case ConditionCode.ne: return r != 0;
+                case ConditionCode.b: return r < _lazyA;
+                case ConditionCode.ae: return r >= _lazyA;
+                case ConditionCode.s: return (r & Bits.SignBit(_lazySz)) != 0;
+                case ConditionCode.ns: return (r & Bits.SignBit(_lazySz)) == 0;
+            }
+        }
         else if (lop >= LazyInc)
         {
             ulong r = _lazyR;

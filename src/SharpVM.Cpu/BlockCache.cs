@@ -8,7 +8,10 @@ internal sealed class Block
     public ulong Rip;
     public ulong Phys;
     public int Bitness;
+    /// <summary>Guest instructions in the block.</summary>
     public int Count;
+    /// <summary>Entries of <see cref="D"/> to dispatch: Count, or Count - 1 when the last two are fused.</summary>
+    public int RunCount;
     public Instruction[] Insns = null!;
     /// <summary>The same instructions pre-decoded for the fast path.</summary>
     public DInsn[] D = null!;
@@ -16,8 +19,29 @@ internal sealed class Block
     public byte[] OpSize = null!;
     /// <summary>Address size in bytes of each instruction.</summary>
     public byte[] AddrSize = null!;
-    /// <summary>The instruction bytes, checked against guest memory on every entry (self-modifying code, DMA).</summary>
-    public byte[] Bytes = null!;
+    /// <summary>
+    /// The instruction bytes, checked against guest memory on every entry (self-modifying code, DMA). Up to
+    /// 64 bytes (most blocks) live inside the block object itself, saving the verify a dependent load.
+    /// </summary>
+    private InlineBytes _inline;
+    private byte[]? _bytes;
+    private int _byteCount;
+
+    public ReadOnlySpan<byte> ExpectedBytes => _bytes is not null ? _bytes : ((ReadOnlySpan<byte>)_inline)[.._byteCount];
+
+    public void SetBytes(ReadOnlySpan<byte> bytes)
+    {
+        _byteCount = bytes.Length;
+        if (bytes.Length <= InlineBytes.Length) bytes.CopyTo(_inline);
+        else _bytes = bytes.ToArray();
+    }
+
+    [System.Runtime.CompilerServices.InlineArray(Length)]
+    private struct InlineBytes
+    {
+        public const int Length = 64;
+        private byte _first;
+    }
     public int Len1;
     public int Len2;
     /// <summary>Physical page of the second half of a page-crossing instruction, or ulong.MaxValue.</summary>

@@ -24,6 +24,9 @@ internal struct DInsn
     public ulong Disp;
     public ulong Imm;
     public ulong Ip, NextIp;
+    /// <summary>Fused compare-and-branch only (see <see cref="FastOp.AluJccRR64"/>): the Jcc's condition, target and fall-through.</summary>
+    public byte Cc;
+    public ulong Target, JccNext;
 }
 
 internal static class FastOp
@@ -35,7 +38,18 @@ internal static class FastOp
         // Size-specialised forms of the most common operations (no width dispatch, no masking).
         MovRR64 = 26, MovRM64 = 27, MovMR64 = 28, MovRI64 = 29, AluRR64 = 30, AluRI64 = 31, AluRM64 = 32, Lea64 = 33,
         MovRR32 = 34, AluRR32 = 35, AluRI32 = 36, MovRM32 = 37, MovMR32 = 38, MovRI32 = 39,
-        IncR64 = 40, DecR64 = 41, IncR32 = 42, DecR32 = 43, ShiftRI64 = 44;
+        IncR64 = 40, DecR64 = 41, IncR32 = 42, DecR32 = 43, ShiftRI64 = 44,
+        // An ALU/CMP/TEST on registers fused with the Jcc that follows it and ends the block: one dispatch for
+        // both (see EmulatorVcpu.FuseCompareAndBranch). Always the last entry of a block's DInsn array.
+        AluJccRR64 = 45, AluJccRI64 = 46, AluJccRR32 = 47, AluJccRI32 = 48,
+        // 64-bit two-operand IMUL (multi-precision arithmetic in the kernel's RSA code runs it by the hundred million).
+        ImulRR64 = 49, ImulRM64 = 50,
+        // MOVZX into a 32/64-bit register: the whole register is the zero-extended source.
+        MovzxRRWide = 51, MovzxRMWide = 52,
+        // More fused compare-and-branch forms: a 64-bit ALU/CMP with a memory source, and any-width register forms.
+        AluJccRM64 = 53, AluJccRR = 54, AluJccRI = 55,
+        // SETcc, 64-bit CMOVcc and MOVSXD (classified by PredecodeExtra, renumbered so the block loop inlines them).
+        SetccR = 56, CmovRR64 = 57, CmovRM64 = 58, MovsxdRR = 59, MovsxdRM = 60;
 }
 
 public sealed unsafe partial class EmulatorVcpu
@@ -84,6 +98,17 @@ public sealed unsafe partial class EmulatorVcpu
     {
         var d = PredecodeGeneric(i, osz, asz, bitness);
         if (d.Op == FastOp.None) PredecodeExtra(i, ref d, osz);
+        d.Op = d.Op switch
+        {
+            FastOpExtra.SetccR => FastOp.SetccR,
+            FastOpExtra.MovsxdRR => FastOp.MovsxdRR,
+            FastOpExtra.MovsxdRM => FastOp.MovsxdRM,
+            FastOpExtra.CmovRR when osz == 8 => FastOp.CmovRR64,
+            FastOpExtra.CmovRM when osz == 8 => FastOp.CmovRM64,
+            _ => d.Op,
+        };
+        if (d.Op == FastOp.MovzxRR && osz >= 4) d.Op = FastOp.MovzxRRWide;
+        if (d.Op == FastOp.MovzxRM && osz >= 4) d.Op = FastOp.MovzxRMWide;
         if (d.DstHigh || d.SrcHigh) return d;
         if (osz == 8)
         {
@@ -92,7 +117,8 @@ public sealed unsafe partial class EmulatorVcpu
                 FastOp.MovRR => FastOp.MovRR64, FastOp.MovRM => FastOp.MovRM64, FastOp.MovMR => FastOp.MovMR64,
                 FastOp.MovRI => FastOp.MovRI64, FastOp.AluRR => FastOp.AluRR64, FastOp.AluRI => FastOp.AluRI64,
                 FastOp.AluRM => FastOp.AluRM64, FastOp.Lea => FastOp.Lea64, FastOp.IncR => FastOp.IncR64,
-                FastOp.DecR => FastOp.DecR64, FastOp.ShiftRI => FastOp.ShiftRI64, _ => d.Op,
+                FastOp.DecR => FastOp.DecR64, FastOp.ShiftRI => FastOp.ShiftRI64,
+                FastOpExtra.ImulRR => FastOp.ImulRR64, FastOpExtra.ImulRM => FastOp.ImulRM64, _ => d.Op,
             };
         }
         else if (osz == 4)
@@ -276,99 +302,23 @@ public sealed unsafe partial class EmulatorVcpu
         }
     }
 
-    /// <summary>Executes a pre-decoded instruction; false if it has no fast handler.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// <summary>Executes a pre-decoded instruction that <see cref="ExecHot"/> does not cover; false if it has no fast handler.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private bool ExecFast(ref DInsn d)
     {
         int sz = d.Size;
         switch (d.Op)
         {
-            case FastOp.MovRR64: G(d.Dst) = G(d.Src); return true;
-            case FastOp.MovRM64: G(d.Dst) = Read(FastLinear(ref d), 8); return true;
-            case FastOp.MovMR64: Write(FastLinear(ref d), 8, G(d.Src)); return true;
-            case FastOp.MovRI64: G(d.Dst) = d.Imm; return true;
-            case FastOp.AluRR64:
+            case FastOp.ImulRR64 or FastOp.ImulRM64:
             {
-                ulong r = Alu64(d.Alu, G(d.Dst), G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
-                return true;
-            }
-            case FastOp.AluRI64:
-            {
-                ulong r = Alu64(d.Alu, G(d.Dst), d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
-                return true;
-            }
-            case FastOp.AluRM64:
-            {
-                ulong r = Alu64(d.Alu, G(d.Dst), Read(FastLinear(ref d), 8));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
-                return true;
-            }
-            case FastOp.Lea64: G(d.Dst) = FastAddr(ref d); return true;
-            case FastOp.IncR64:
-            {
-                ref ulong g = ref G(d.Dst);
-                ulong a = g;
-                SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
-                g = a + 1;
-                return true;
-            }
-            case FastOp.DecR64:
-            {
-                ref ulong g = ref G(d.Dst);
-                ulong a = g;
-                SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
-                g = a - 1;
-                return true;
-            }
-            case FastOp.IncR32:
-            {
-                ref ulong g = ref G(d.Dst);
-                uint a = (uint)g;
-                SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
-                g = a + 1;
-                return true;
-            }
-            case FastOp.DecR32:
-            {
-                ref ulong g = ref G(d.Dst);
-                uint a = (uint)g;
-                SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
-                g = a - 1;
-                return true;
-            }
-            case FastOp.ShiftRI64:
-            {
-                int c = (int)(d.Imm & 63);
-                if (c == 0) return true;
-                ref ulong g = ref G(d.Dst);
-                ulong a = g, r;
-                bool cf, of;
-                switch (d.Alu)
-                {
-                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
-                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
-                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
-                }
-                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
-                g = r;
-                return true;
-            }
-            case FastOp.MovRR32: G(d.Dst) = (uint)G(d.Src); return true;
-            case FastOp.MovRM32: G(d.Dst) = (uint)Read(FastLinear(ref d), 4); return true;
-            case FastOp.MovMR32: Write(FastLinear(ref d), 4, (uint)G(d.Src)); return true;
-            case FastOp.MovRI32: G(d.Dst) = (uint)d.Imm; return true;
-            case FastOp.AluRR32:
-            {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)G(d.Src));
-                if (d.Alu < OpCmp) G(d.Dst) = r;
-                return true;
-            }
-            case FastOp.AluRI32:
-            {
-                uint r = Alu32(d.Alu, (uint)G(d.Dst), (uint)d.Imm);
-                if (d.Alu < OpCmp) G(d.Dst) = r;
+                ulong b = d.Op == FastOp.ImulRR64 ? G(d.Src) : Read(FastLinear(ref d), 8);
+                ulong a = G(d.Dst);
+                // The signed high half from the unsigned product (a MULX, inlined; the signed BigMul is not):
+                // subtract each operand where the other one is negative.
+                ulong hu = Math.BigMul(a, b, out ulong l);
+                ulong h = hu - ((ulong)((long)a >> 63) & b) - ((ulong)((long)b >> 63) & a);
+                SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
+                G(d.Dst) = l;
                 return true;
             }
             case FastOp.MovRR: SetR(d.Dst, d.DstHigh, sz, GetR(d.Src, d.SrcHigh, sz)); return true;
@@ -411,43 +361,6 @@ public sealed unsafe partial class EmulatorVcpu
             case FastOp.Lea: SetR(d.Dst, false, sz, FastAddr(ref d)); return true;
             case FastOp.IncR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, false)); return true;
             case FastOp.DecR: SetR(d.Dst, d.DstHigh, sz, IncDec(GetR(d.Dst, d.DstHigh, sz), sz, true)); return true;
-            case FastOp.Jcc:
-                if (Cond((ConditionCode)d.Alu)) { Rip = d.Imm; _endBlock = true; }
-                return true;
-            case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
-            case FastOp.Call:
-            {
-                ulong sp = G(4) - 8;
-                Write(sp, 8, d.NextIp);
-                G(4) = sp;
-                Rip = d.Imm;
-                _endBlock = true;
-                return true;
-            }
-            case FastOp.Ret:
-            {
-                ulong sp = G(4);
-                Rip = Read(sp, 8);
-                G(4) = sp + 8;
-                _endBlock = true;
-                return true;
-            }
-            case FastOp.Push:
-            {
-                ulong v = G(d.Dst);
-                ulong sp = G(4) - 8;
-                Write(sp, 8, v);
-                G(4) = sp;
-                return true;
-            }
-            case FastOp.Pop:
-            {
-                ulong sp = G(4);
-                ulong v = Read(sp, 8);
-                G(4) = sp + 8;
-                G(d.Dst) = v;
-                return true;
-            }
             case FastOp.ShiftRI:
             {
                 var mn = d.Alu == 0 ? Mnemonic.Shl : d.Alu == 1 ? Mnemonic.Shr : Mnemonic.Sar;

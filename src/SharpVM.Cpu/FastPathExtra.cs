@@ -13,6 +13,9 @@ internal static class FastOpExtra
 {
     public const byte ImulRR = 200, ImulRM = 201, ImulRRI = 202, ImulRMI = 203, CmovRR = 204, CmovRM = 205,
         SetccR = 206, MovsxdRR = 207, MovsxdRM = 208, RotRI = 209;
+
+    /// <summary>The lowest id: the block loop sends ids from here up straight to ExecFastExtra.</summary>
+    public const byte First = ImulRR;
 }
 
 public sealed partial class EmulatorVcpu

@@ -222,18 +222,21 @@ public sealed unsafe partial class EmulatorVcpu
         // No try/finally here: exception handling would keep the loop's locals out of registers.
         // A fault leaves _blockPpn set; that only ends a later block early, which is harmless.
         var ds = b.D;
-        int n = b.Count;
-        InstructionsRetired += n;
+        int n = b.RunCount;
+        InstructionsRetired += b.Count;
+        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
         for (int k = 0; k < n; k++)
         {
             ref DInsn d = ref ds[k];
             FaultRip = d.Ip;
-            if (s_trace) TraceInstruction(in b.Insns[k]);
+            if (s_trace) TraceBlockEntry(b, k, n);
             Rip = d.NextIp;
-            if (d.Op == FastOp.None || !ExecFast(ref d)) Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+            if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
+                Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
             if (_endBlock)
             {
-                InstructionsRetired -= n - k - 1;
+                // Entries after k did not run (a fused last entry, k == n - 1, covers two instructions that both ran).
+                if (k != n - 1) InstructionsRetired -= b.Count - k - 1;
                 break;
             }
         }
@@ -241,15 +244,22 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn2 = ulong.MaxValue;
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void TraceBlockEntry(Block b, int k, int n)
+    {
+        TraceInstruction(in b.Insns[k]);
+        if (k == n - 1 && b.Count > n) TraceInstruction(in b.Insns[k + 1]); // the Jcc of a fused pair
+    }
+
     // SAFETY: code points into a RAM page at the block's start; Len1 <= bytes to the page end (the
     // decoder only read that far), and the second page is re-translated before it is read.
     private bool Verify(Block b, byte* code, ulong la)
     {
-        if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.Bytes.AsSpan(0, b.Len1))) return false;
+        if (!new ReadOnlySpan<byte>(code, b.Len1).SequenceEqual(b.ExpectedBytes[..b.Len1])) return false;
         if (b.Len2 == 0) return true;
         ulong phys2 = TranslateFetch((la & ~0xFFFUL) + 0x1000, out byte* host2);
         if (host2 == null || phys2 >> 12 != b.Ppn2) return false;
-        return new ReadOnlySpan<byte>(host2, b.Len2).SequenceEqual(b.Bytes.AsSpan(b.Len1, b.Len2));
+        return new ReadOnlySpan<byte>(host2, b.Len2).SequenceEqual(b.ExpectedBytes.Slice(b.Len1, b.Len2));
     }
 
     private Decoder GetDecoder(int bitness)
@@ -307,8 +317,9 @@ public sealed unsafe partial class EmulatorVcpu
         {
             Rip = rip, Phys = phys, Bitness = Bitness, Count = count,
             Insns = insns[..count], OpSize = new byte[count], AddrSize = new byte[count],
-            Bytes = buf.AsSpan(0, total).ToArray(), Len1 = total - len2, Len2 = len2, Ppn2 = ppn2,
+            Len1 = total - len2, Len2 = len2, Ppn2 = ppn2,
         };
+        b.SetBytes(buf.AsSpan(0, total));
         b.D = new DInsn[count];
         for (int k = 0; k < count; k++)
         {
@@ -316,6 +327,7 @@ public sealed unsafe partial class EmulatorVcpu
             b.AddrSize[k] = (byte)Decoding.AddressSize(in b.Insns[k], Bitness);
             b.D[k] = Predecode(in b.Insns[k], b.OpSize[k], b.AddrSize[k], Bitness);
         }
+        b.RunCount = FuseCompareAndBranch(b.D, count);
         return b;
     }
 
