@@ -42,7 +42,7 @@ public sealed class VirtualMachine : IDisposable
         Pio = pio;
         Mmio = mmio;
         Machine = machine;
-        _log = config.LoggerFactory.CreateLogger<VirtualMachine>();
+        _log = config.LoggerFactory.CreateLogger("SharpVM.Vmm.VirtualMachine"); // not CreateLogger<T>: no generic instantiation to JIT at setup
     }
 
     internal void AddVcpu(IVcpu vcpu)

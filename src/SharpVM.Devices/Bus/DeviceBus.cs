@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -14,7 +13,9 @@ public class DeviceBus(string name)
     private BusRange[] _ranges = [];
     private readonly List<BusRange> _byIndex = [];
     private long _unclaimedReads, _unclaimedWrites;
-    private readonly ConcurrentDictionary<ulong, bool> _unclaimedSeen = new();
+    // Made when Debug logging first needs it: a generic collection over a value type would be JIT-compiled
+    // (ReadyToRun cannot pregenerate it) on the VM-setup path, which bench/kvm keeps JIT-free.
+    private HashSet<ulong>? _unclaimedSeen;
 
     /// <summary>How many distinct unclaimed addresses are logged (each once); guests probe many.</summary>
     private const int MaxUnclaimedLogged = 64;
@@ -150,7 +151,12 @@ public class DeviceBus(string name)
 
     private void NoteUnclaimed(ulong address, string access, int width)
     {
-        if (!Logger.IsEnabled(LogLevel.Debug) || _unclaimedSeen.Count >= MaxUnclaimedLogged || !_unclaimedSeen.TryAdd(address, true)) return;
+        if (!Logger.IsEnabled(LogLevel.Debug)) return;
+        lock (_registrationLock)
+        {
+            _unclaimedSeen ??= [];
+            if (_unclaimedSeen.Count >= MaxUnclaimedLogged || !_unclaimedSeen.Add(address)) return;
+        }
         Logger.LogDebug("{Bus} {Access} of {Width} byte(s) at 0x{Address:x}: no device there (reads all ones, writes dropped)",
             Name, access, width, address);
     }

@@ -41,9 +41,9 @@ public sealed unsafe class KvmVcpu : IDisposable
     /// <summary>KVM_RUN. Returns false if interrupted (EINTR/EAGAIN: a kick or immediate_exit), true on a VM exit.</summary>
     public bool Run()
     {
-        int rc = Native.ioctl(_fd.Number, KvmIoctls.Run, 0);
+        int rc = Native.ioctl_without_errno(_fd.Number, KvmIoctls.Run, 0);
         if (rc >= 0) return true;
-        int errno = Marshal.GetLastPInvokeError();
+        int errno = Marshal.GetLastSystemError();
         if (errno == Errno.EINTR || errno == Errno.EAGAIN) return false;
         throw new SystemCallException("KVM_RUN", errno);
     }

@@ -37,6 +37,15 @@ internal static unsafe partial class Native
     [LibraryImport(Lib, SetLastError = true)]
     internal static partial int ioctl(int fd, nuint request, nint arg);
 
+    /// <summary>
+    /// ioctl for KVM_RUN, the one call per VM exit. SetLastError marshalling costs two extra native calls on
+    /// every call (clear errno before, read it after); the caller reads errno with
+    /// <see cref="System.Runtime.InteropServices.Marshal.GetLastSystemError"/> only when the call failed, at the
+    /// same point the generated marshalling would (ioctl always sets errno when it fails).
+    /// </summary>
+    [LibraryImport(Lib, EntryPoint = "ioctl")]
+    internal static partial int ioctl_without_errno(int fd, nuint request, nint arg);
+
     [LibraryImport(Lib, SetLastError = true)]
     internal static partial void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
 
