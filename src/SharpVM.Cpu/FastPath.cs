@@ -347,14 +347,16 @@ public sealed unsafe partial class EmulatorVcpu
             case FastOp.AluMR:
             {
                 ulong la = FastLinear(ref d);
-                ulong r = Alu(d.Alu, Read(la, sz), GetR(d.Src, d.SrcHigh, sz), sz);
+                ulong m = d.Alu < OpCmp ? ReadForWrite(la, sz) : Read(la, sz); // see ReadForWrite
+                ulong r = Alu(d.Alu, m, GetR(d.Src, d.SrcHigh, sz), sz);
                 if (d.Alu < OpCmp) Write(la, sz, r);
                 return true;
             }
             case FastOp.AluMI:
             {
                 ulong la = FastLinear(ref d);
-                ulong r = Alu(d.Alu, Read(la, sz), d.Imm, sz);
+                ulong m = d.Alu < OpCmp ? ReadForWrite(la, sz) : Read(la, sz);
+                ulong r = Alu(d.Alu, m, d.Imm, sz);
                 if (d.Alu < OpCmp) Write(la, sz, r);
                 return true;
             }

@@ -260,7 +260,7 @@ public sealed unsafe partial class EmulatorVcpu
                 else
                 {
                     ulong la = MemAddr(ref i);
-                    ulong v = Read(la, sz);
+                    ulong v = ReadForWrite(la, sz);
                     ulong res = Shift(i.Mnemonic, v, count, sz);
                     Write(la, sz, res);
                 }
@@ -280,7 +280,7 @@ public sealed unsafe partial class EmulatorVcpu
                 else
                 {
                     ulong la = MemAddr(ref i);
-                    Write(la, sz, DoubleShift(left, Read(la, sz), src, count, sz));
+                    Write(la, sz, DoubleShift(left, ReadForWrite(la, sz), src, count, sz));
                 }
                 break;
             }
@@ -547,15 +547,18 @@ public sealed unsafe partial class EmulatorVcpu
             byte* p = WritablePointer(la, sz);
             if (p != null)
             {
+                // A failed CAS retries with the flags of before (LOCK ADC/SBB read CF).
+                ulong saved = Rflags;
                 while (true)
                 {
                     ulong old = LoadRaw(p, sz);
                     ulong res = Alu(op, old, src, sz);
                     if (CasRaw(p, sz, old, res)) return;
+                    Rflags = saved;
                 }
             }
         }
-        ulong a = Read(la, sz);
+        ulong a = ReadForWrite(la, sz);
         Write(la, sz, Alu(op, a, src, sz));
     }
 
@@ -591,7 +594,7 @@ public sealed unsafe partial class EmulatorVcpu
                 }
             }
         }
-        Write(la, sz, Unary(kind, Read(la, sz), sz));
+        Write(la, sz, Unary(kind, ReadForWrite(la, sz), sz));
     }
 
     // ---------- atomics on guest RAM ----------
@@ -694,7 +697,7 @@ public sealed unsafe partial class EmulatorVcpu
                 }
             }
         }
-        ulong m = Read(la, sz);
+        ulong m = ReadForWrite(la, sz);
         ulong res = Alu(OpAdd, m, b, sz);
         Write(la, sz, res);
         SetReg(src, m);
@@ -729,7 +732,7 @@ public sealed unsafe partial class EmulatorVcpu
                 if (CasRaw(p, sz, old, src)) { Alu(OpCmp, acc, old, sz); return; }
             }
         }
-        ulong m = Read(la, sz);
+        ulong m = ReadForWrite(la, sz); // CMPXCHG always writes
         Alu(OpCmp, acc, m, sz);
         if (acc == m) Write(la, sz, src);
         else { Write(la, sz, m); SetGpr(0, sz, m); }
@@ -807,7 +810,7 @@ public sealed unsafe partial class EmulatorVcpu
             if (!isReg) la = MemAddr(ref i);
         }
         ulong mask = 1UL << (int)bitOff;
-        ulong v = isReg ? GetReg(i.Op0Register) : Read(la, sz);
+        ulong v = isReg ? GetReg(i.Op0Register) : i.Mnemonic == Mnemonic.Bt ? Read(la, sz) : ReadForWrite(la, sz);
         bool cf = (v & mask) != 0;
         Rflags = cf ? Rflags | Flags.CF : Rflags & ~Flags.CF;
         if (i.Mnemonic == Mnemonic.Bt) return;

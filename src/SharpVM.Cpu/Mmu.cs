@@ -391,6 +391,15 @@ public sealed unsafe partial class EmulatorVcpu
         return (e.Ppn << 12) | ((uint)la & 0xFFF);
     }
 
+    /// <summary>
+    /// The read of a read-modify-write instruction, checked for write access too: a read-only (copy-on-write)
+    /// page then faults before the instruction has changed any flags (the handler must see RFLAGS as before
+    /// it, and ADC/SBB/RCL re-run after the fault must read the old CF), and with the W bit in the error
+    /// code, as on hardware.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadForWrite(ulong la, int size) => Read(la, size, NeedW);
+
     // Supervisor-implicit accesses (descriptor tables, TSS, interrupt frames).
     internal ulong ReadSys(ulong la, int size) => Read(la, size, PermSR);
     internal void WriteSys(ulong la, int size, ulong v) => Write(la, size, v, PermSW);

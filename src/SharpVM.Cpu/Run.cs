@@ -14,6 +14,8 @@ public sealed unsafe partial class EmulatorVcpu
     private Decoder? _dec16, _dec32, _dec64;
     private uint _blockCounter;
     internal ulong FaultRip;
+    /// <summary>The block whose instructions are running (null between blocks): a fault in it un-counts its rest.</summary>
+    private Block? _runningBlock;
 
     /// <summary>Runs guest code until HLT (without an interrupt source), shutdown, an error or <see cref="RequestExit"/>.</summary>
     public VcpuExit Run(IVcpuIoHandler io)
@@ -34,6 +36,7 @@ public sealed unsafe partial class EmulatorVcpu
             }
             try
             {
+                _runningBlock = null;
                 if (_halted)
                 {
                     if (_intSource is null)
@@ -52,6 +55,7 @@ public sealed unsafe partial class EmulatorVcpu
             }
             catch (CpuFault f)
             {
+                UncountUnretired();
                 Rip = FaultRip;
                 try
                 {
@@ -224,6 +228,7 @@ public sealed unsafe partial class EmulatorVcpu
         var ds = b.D;
         int n = b.RunCount;
         InstructionsRetired += b.Count;
+        _runningBlock = b;
         ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
         for (int k = 0; k < n; k++)
         {
@@ -240,8 +245,28 @@ public sealed unsafe partial class EmulatorVcpu
                 break;
             }
         }
+        _runningBlock = null;
         _blockPpn = ulong.MaxValue;
         _blockPpn2 = ulong.MaxValue;
+    }
+
+    /// <summary>
+    /// A fault in a block: the block counted all its instructions on entry, but the faulting one (at
+    /// FaultRip) and those after it did not retire.
+    /// </summary>
+    private void UncountUnretired()
+    {
+        var b = _runningBlock;
+        if (b is null) return;
+        _runningBlock = null;
+        for (int k = 0; k < b.RunCount; k++)
+        {
+            if (b.D[k].Ip == FaultRip)
+            {
+                InstructionsRetired -= b.Count - k;
+                return;
+            }
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
