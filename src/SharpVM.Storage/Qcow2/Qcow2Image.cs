@@ -986,10 +986,19 @@ public sealed partial class Qcow2Image : IDiskImage
         {
             AwaitUnlockedIo();
             if (_disposed) return;
-            try { Quiesce(); }
-            finally { _disposed = true; }
-            try { if (!File.ReadOnly) File.Flush(); }
-            finally { File.Dispose(); _backing?.Dispose(); }
+            // The handles are closed even when the last flush fails (a failed fdatasync stays failed, see ImageFile):
+            // the error still reaches the caller, but no descriptor is leaked.
+            try
+            {
+                Quiesce();
+                if (!File.ReadOnly) File.Flush();
+            }
+            finally
+            {
+                _disposed = true;
+                try { File.Dispose(); }
+                finally { _backing?.Dispose(); }
+            }
         }
     }
 
