@@ -47,7 +47,11 @@ internal sealed class ImageFile : IDisposable
     {
         if (ReadOnly) throw new ImageReadOnlyException($"'{Path}' is open read-only");
         RandomAccess.Write(_handle, data, offset);
+        AfterWrite?.Invoke(offset, data.Length);
     }
+
+    /// <summary>Test hook: sees every write (offset, length) once it is done, to check the order of metadata updates.</summary>
+    internal Action<long, int>? AfterWrite { get; set; }
 
     /// <summary>
     /// errno of the first fdatasync that failed, or 0. A failed fdatasync is permanent for this handle: Linux marks
