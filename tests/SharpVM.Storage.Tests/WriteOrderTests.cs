@@ -113,6 +113,7 @@ public class WriteOrderTests
     [InlineData("make-empty")]
     [InlineData("downgrade")]
     [InlineData("downgrade-with-backing")]
+    [InlineData("guest-io")]
     public void MappingsAndRefcountsReachTheDiskInASafeOrder(string op)
     {
         const long Size = 2L << 30; // several L2 tables (one covers 512 MiB)
@@ -142,6 +143,7 @@ public class WriteOrderTests
             {
                 case "shrink": img.Resize(1 << 20, allowShrink: true); break;
                 case "make-empty": img.MakeEmpty(); break;
+                case "guest-io": GuestIo(img); break;
                 default: img.ChangeCompat("0.10"); break;
             }
             rec.Stop();
@@ -149,5 +151,26 @@ public class WriteOrderTests
             Assert.True(rec.Violations.Count == 0, string.Join("\n", rec.Violations.Take(5)));
         }
         Qemu.AssertClean(path);
+    }
+
+    /// <summary>What a guest does: writes (allocating, in place, over compressed clusters), zeroes, discards, flushes.</summary>
+    private static void GuestIo(Qcow2Image img)
+    {
+        var rnd = new Random(7);
+        var text = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("compressible ", Cs / 13 + 1)))[..Cs];
+        for (int i = 0; i < 400; i++)
+        {
+            long off = rnd.NextInt64(0, (1L << 30) - 3 * Cs);
+            int len = rnd.Next(1, 3 * Cs);
+            switch (rnd.Next(8))
+            {
+                case < 4: var b = new byte[len]; rnd.NextBytes(b); img.Write(off, b); break;
+                case 4: img.WriteZeroes(off, len); break;
+                case 5: img.Discard(off / Cs * Cs, Cs); break;
+                case 6: img.WriteCompressed(off / Cs, text); break;
+                default: img.Flush(); break;
+            }
+        }
+        img.Flush();
     }
 }
