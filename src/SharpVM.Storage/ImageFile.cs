@@ -47,18 +47,49 @@ internal sealed class ImageFile : IDisposable
     {
         if (ReadOnly) throw new ImageReadOnlyException($"'{Path}' is open read-only");
         RandomAccess.Write(_handle, data, offset);
+        AfterWrite?.Invoke(offset, data.Length);
     }
+
+    /// <summary>Test hook: sees every write (offset, length) once it is done, to check the order of metadata updates.</summary>
+    internal Action<long, int>? AfterWrite { get; set; }
+
+    /// <summary>
+    /// errno of the first fdatasync that failed, or 0. A failed fdatasync is permanent for this handle: Linux marks
+    /// the dirty pages clean (and reports the error once) even though they never reached the disk, so the next
+    /// fdatasync would succeed while writes made before the failure are lost. Acknowledging that flush would break
+    /// "data written before an acknowledged flush is never lost"; qemu's file-posix fails every later flush too
+    /// (page_cache_inconsistent).
+    /// </summary>
+    private volatile int _syncFailedErrno;
+
+    /// <summary>Test hook: stands in for fdatasync(2) and returns 0 or an errno (the kernel's failures cannot be provoked on demand).</summary>
+    internal Func<int>? DataSyncOverride { get; set; }
 
     public void Flush()
     {
         if (ReadOnly || IgnoreFlushes) return;
-        // fdatasync, as qemu uses: the data and the metadata needed to read it back (size, extents) become durable,
-        // which is all crash ordering needs; fsync would also commit timestamps, a journal write per call.
+        if (_syncFailedErrno != 0)
+            throw new IOException($"an earlier fdatasync of '{Path}' failed (errno {_syncFailedErrno}): writes made before it may be lost, so no later flush can be acknowledged; check the host storage and the image");
+        int errno = DataSyncOverride?.Invoke() ?? DataSync();
+        if (errno == 0) return;
+        _syncFailedErrno = errno;
+        throw new IOException($"fdatasync of '{Path}' failed (errno {errno}); the image's last writes may not be durable, and every later flush of it fails too");
+    }
+
+    /// <summary>
+    /// fdatasync, as qemu uses: the data and the metadata needed to read it back (size, extents) become durable,
+    /// which is all crash ordering needs; fsync would also commit timestamps, a journal write per call.
+    /// Returns 0 or the errno.
+    /// </summary>
+    private int DataSync()
+    {
         const int EINTR = 4;
-        int rc;
-        do rc = fdatasync((int)_handle.DangerousGetHandle());
-        while (rc != 0 && Marshal.GetLastPInvokeError() == EINTR);
-        if (rc != 0) throw new IOException($"fdatasync of '{Path}' failed (errno {Marshal.GetLastPInvokeError()}); the image's last writes may not be durable");
+        while (true)
+        {
+            if (fdatasync((int)_handle.DangerousGetHandle()) == 0) return 0;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR) return errno;
+        }
     }
 
     public void SetLength(long length) => RandomAccess.SetLength(_handle, length);

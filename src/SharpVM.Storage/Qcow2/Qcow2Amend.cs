@@ -132,15 +132,19 @@ public sealed partial class Qcow2Image
                 var (e, _) = GetEntry(gc);
                 if ((e & ZeroFlag) == 0 || (e & CompressedFlag) != 0) continue;
                 long l2 = GetL2ForWrite(gc);
-                if (_backing == null) { SetEntry(l2, gc, 0, 0); ReleaseEntry(e); }
+                // Same power-loss order as guest writes: the new cluster's refcount is synced before an L2 entry
+                // points at it (the allocation pool), and the old one is released only after the new entry is synced.
+                if (_backing == null) { SetEntry(l2, gc, 0, 0); ReleaseLater(e); }
                 else
                 {
-                    long host = Refcounts.Allocate(1);
+                    long host = AllocateData(1);
                     File.Write(host, zeros);
                     SetEntry(l2, gc, (ulong)host | Copied, 0);
-                    ReleaseEntry(e);
+                    ReleaseLater(e);
                 }
             }
+            ApplyPendingFrees();
+            ReleasePool();
             File.Flush();
             Header.Version = 2; Header.HeaderLength = 72;
             Header.IncompatibleFeatures = 0; Header.CompatibleFeatures = 0; Header.AutoclearFeatures = 0;

@@ -631,6 +631,7 @@ public sealed partial class Qcow2Image : IDiskImage
     /// <summary>Drops the reference an L2 entry held on its host cluster(s).</summary>
     internal void ReleaseEntry(ulong e)
     {
+        ForgetPackingCursor();
         if ((e & CompressedFlag) != 0)
         {
             var (off, len) = CompressedRange(e);
@@ -664,6 +665,13 @@ public sealed partial class Qcow2Image : IDiskImage
         if (n < 0 || n >= ClusterSize - 512) return null;
         return tmp.AsSpan(0, n).ToArray();
     }
+
+    /// <summary>
+    /// Stops packing compressed clusters into the current host cluster. Called wherever references are dropped: the
+    /// cluster the cursor points into may become free and be handed out again (as data, an L1 or refcount table),
+    /// and appending compressed bytes to it then would overwrite whatever it holds now.
+    /// </summary>
+    private void ForgetPackingCursor() => _compCursor = _compCursorEnd = 0;
 
     /// <summary>Stores a cluster compressed by <see cref="Compress"/> (or plainly when <paramref name="compressed"/> is null).</summary>
     public void WriteCompressedData(long guestCluster, byte[]? compressed, ReadOnlySpan<byte> cluster)
@@ -825,6 +833,7 @@ public sealed partial class Qcow2Image : IDiskImage
     internal void Quiesce()
     {
         AwaitUnlockedIo();
+        ForgetPackingCursor(); // the whole-image operations that follow may free the cluster it points into
         if (File.ReadOnly) return;
         ApplyPendingFrees();
         ReleasePool();
@@ -986,10 +995,19 @@ public sealed partial class Qcow2Image : IDiskImage
         {
             AwaitUnlockedIo();
             if (_disposed) return;
-            try { Quiesce(); }
-            finally { _disposed = true; }
-            try { if (!File.ReadOnly) File.Flush(); }
-            finally { File.Dispose(); _backing?.Dispose(); }
+            // The handles are closed even when the last flush fails (a failed fdatasync stays failed, see ImageFile):
+            // the error still reaches the caller, but no descriptor is leaked.
+            try
+            {
+                Quiesce();
+                if (!File.ReadOnly) File.Flush();
+            }
+            finally
+            {
+                _disposed = true;
+                try { File.Dispose(); }
+                finally { _backing?.Dispose(); }
+            }
         }
     }
 

@@ -248,7 +248,7 @@ public sealed partial class Qcow2Image
                     if (e == 0 && bm == 0) continue;
                     long l2 = GetL2ForWrite(gc);
                     SetEntry(l2, gc, 0, 0);
-                    ReleaseEntry(e);
+                    ReleaseLater(e);
                 }
                 // Drop L2 tables that now cover only space past the end.
                 for (long i = (firstDead + L2Entries - 1) >> L2Bits; i < L1.Length; i++)
@@ -257,8 +257,10 @@ public sealed partial class Qcow2Image
                     if (l2 == 0) continue;
                     L1[i] = 0; WriteL1Entry(i);
                     L2Cache.Invalidate(l2);
-                    Refcounts.Add(l2 >> ClusterBits, -1);
+                    _pendingClusters.Add(l2);
                 }
+                // Refcounts drop only once the cleared entries are on disk (power-loss ordering, as for guest writes).
+                ApplyPendingFrees();
             }
             long l2Cover = L2Entries << ClusterBits;
             long needL1 = (newSize + l2Cover - 1) / l2Cover;
@@ -300,8 +302,9 @@ public sealed partial class Qcow2Image
                 if (e == 0 && bm == 0) continue;
                 long l2 = GetL2ForWrite(gc);
                 SetEntry(l2, gc, 0, 0);
-                ReleaseEntry(e);
+                ReleaseLater(e);
             }
+            ApplyPendingFrees(); // fsync, then drop the references: a crash never leaves a mapping to a free cluster
             File.Flush();
         }
     }
