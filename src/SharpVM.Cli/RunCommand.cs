@@ -24,6 +24,8 @@ public static class RunCommand
         var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range when the VM ends." };
         var reboot = new Option<bool>("--reboot") { Description = "Restart the guest when it reboots (default: end with exit status 2)." };
         var guestDecompress = new Option<bool>("--guest-decompress") { Description = "Let the kernel decompress itself instead of SharpVM decompressing it on the host." };
+        var hugePages = new Option<bool>("--huge-pages") { Description = "Back guest RAM with transparent huge pages (MADV_HUGEPAGE): fewer TLB misses on KVM." };
+        var ksm = new Option<bool>("--ksm") { Description = "Let KSM merge identical guest pages across VMs (MADV_MERGEABLE; needs /sys/kernel/mm/ksm/run = 1)." };
         var timeout = new Option<double?>("--timeout") { Description = "Stop the VM after this many seconds (exit status 124)." };
         var guestCommand = new Argument<string[]>("command") { Description = "A command for the default guest's init to run (after --), then power off.", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("run", """
@@ -41,7 +43,7 @@ public static class RunCommand
               sharpvm run --serial tcp::4444                console on 127.0.0.1:4444 (tcp:0.0.0.0:4444 for every address)
               sharpvm run --serial file:boot.log -- dmesg   guest output to a file
             """);
-        foreach (var o in new Option[] { kernel, initrd, cmdline, memory, cpus, accel, serial, stats, reboot, guestDecompress, timeout }) command.Options.Add(o);
+        foreach (var o in new Option[] { kernel, initrd, cmdline, memory, cpus, accel, serial, stats, reboot, guestDecompress, hugePages, ksm, timeout }) command.Options.Add(o);
         command.Arguments.Add(guestCommand);
         command.Validators.Add(result =>
         {
@@ -61,12 +63,12 @@ public static class RunCommand
         command.SetAction(parse => Run(new RunOptions(
             parse.GetValue(kernel)?.FullName, parse.GetValue(initrd)?.FullName, parse.GetValue(cmdline)!, parse.GetValue(memory)!,
             parse.GetValue(cpus), parse.GetValue(accel), parse.GetValue(serial)!, parse.GetValue(stats), parse.GetValue(reboot),
-            parse.GetValue(guestDecompress), parse.GetValue(timeout), parse.GetValue(guestCommand) ?? [])));
+            parse.GetValue(guestDecompress), parse.GetValue(hugePages), parse.GetValue(ksm), parse.GetValue(timeout), parse.GetValue(guestCommand) ?? [])));
         return command;
     }
 
     private sealed record RunOptions(string? Kernel, string? Initrd, string CommandLine, string Memory, int Cpus, Accelerator Accel,
-        string Serial, bool Stats, bool Reboot, bool GuestDecompress, double? Timeout, string[] GuestCommand);
+        string Serial, bool Stats, bool Reboot, bool GuestDecompress, bool HugePages, bool Ksm, double? Timeout, string[] GuestCommand);
 
     private static int Run(RunOptions o)
     {
@@ -82,7 +84,8 @@ public static class RunCommand
         if (initrd is not null && !File.Exists(initrd)) throw new UserFacingException($"--initrd {initrd}: no such file");
         string commandLine = o.GuestCommand.Length > 0 ? $"{o.CommandLine} -- {string.Join(' ', o.GuestCommand)}" : o.CommandLine;
 
-        var machine = new VmConfig { MemoryBytes = memoryBytes, Cpus = o.Cpus, Accelerator = o.Accel, TimeExits = o.Stats, LoggerFactory = CliLogging.Factory };
+        var machine = new VmConfig { MemoryBytes = memoryBytes, Cpus = o.Cpus, Accelerator = o.Accel, TimeExits = o.Stats,
+            HugePages = o.HugePages, MergeablePages = o.Ksm, LoggerFactory = CliLogging.Factory };
         try { machine.Validate(); }
         catch (ArgumentException e) { throw new UserFacingException(e.Message); }
         var config = new LinuxVmConfig

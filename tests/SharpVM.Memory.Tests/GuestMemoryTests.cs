@@ -104,11 +104,41 @@ public class GuestMemoryTests
     }
 
     [Fact]
-    public void MergeableAndHugePageAdviceAreAccepted()
+    public void MergeableAndHugePageAdviceReachTheKernel()
     {
         using var m = GuestMemory.Create(8UL << 20, new GuestMemoryOptions(HugePages: true, Mergeable: true));
         m.Write(new GuestAddress(0), 1UL);
         Assert.Equal(1UL, m.Read<ulong>(new GuestAddress(0)));
+        // The kernel records madvise advice in the mapping's VmFlags: hg = MADV_HUGEPAGE, mg = MADV_MERGEABLE.
+        var flags = VmFlagsOf(HostAddressOf(m.GetSpan(new GuestAddress(0), 1)));
+        Assert.Contains("hg", flags);
+        Assert.Contains("mg", flags);
+
+        using var plain = GuestMemory.Create(8UL << 20);
+        var plainFlags = VmFlagsOf(HostAddressOf(plain.GetSpan(new GuestAddress(0), 1)));
+        Assert.DoesNotContain("mg", plainFlags);
+    }
+
+    private static unsafe ulong HostAddressOf(Span<byte> span)
+    {
+        fixed (byte* p = span) return (ulong)p;
+    }
+
+    /// <summary>The VmFlags of the mapping in /proc/self/smaps that contains <paramref name="address"/>.</summary>
+    private static string[] VmFlagsOf(ulong address)
+    {
+        bool inside = false;
+        foreach (var line in File.ReadLines("/proc/self/smaps"))
+        {
+            int dash = line.IndexOf('-');
+            int space = line.IndexOf(' ');
+            if (dash > 0 && space > dash && ulong.TryParse(line.AsSpan(0, dash), System.Globalization.NumberStyles.HexNumber, null, out ulong start)
+                && ulong.TryParse(line.AsSpan(dash + 1, space - dash - 1), System.Globalization.NumberStyles.HexNumber, null, out ulong end))
+                inside = address >= start && address < end;
+            else if (inside && line.StartsWith("VmFlags:", StringComparison.Ordinal))
+                return line["VmFlags:".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        }
+        throw new InvalidOperationException($"no mapping in /proc/self/smaps contains 0x{address:x}");
     }
 }
 
