@@ -27,6 +27,15 @@ public static class CliRunner
             return 1;
         }
         using var logging = CliLogging.Configure(result);
+        // Spectre.Console decides on colours from TERM alone: piped into a file or another program, tables and
+        // messages would carry escape sequences. Plain text there, as with NO_COLOR.
+        if (Console.IsOutputRedirected)
+            Spectre.Console.AnsiConsole.Console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+            {
+                Ansi = Spectre.Console.AnsiSupport.No,
+                ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+                Out = new Spectre.Console.AnsiConsoleOutput(Console.Out),
+            });
         try
         {
             // Our own handler below: System.CommandLine's default one prints stack traces.
