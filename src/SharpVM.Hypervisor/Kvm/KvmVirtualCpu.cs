@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using SharpVM.Interop.Kvm;
 using SharpVM.Interop.Libc;
 
@@ -38,6 +39,9 @@ public sealed class KvmVirtualCpu : IVcpu
         if (_attached) ThreadSignals.Kick(_thread);
     }
 
+    // Fully optimized by the JIT at its first call: it loops inside one call for the VM's whole life, so tiered
+    // compilation would never replace its ReadyToRun code (bench/README.md, exit round trip).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe VcpuExit Run(IVcpuIoHandler io)
     {
         while (true)
