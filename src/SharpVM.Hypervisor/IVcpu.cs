@@ -26,6 +26,14 @@ public interface IVcpu : IDisposable
     /// </summary>
     void MakeRunnable() { }
 
+    /// <summary>
+    /// Sets what a PC's firmware leaves behind for a kernel entered directly: local APIC LINT0 =
+    /// ExtINT and LINT1 = NMI, MTRRs on with write-back default, fast strings, x87/SSE control words
+    /// at their reset values. Call on the vCPU's thread before it first runs; a backend whose reset
+    /// state already is that does nothing.
+    /// </summary>
+    void ApplyFirmwareState() { }
+
     /// <summary>Prepares the calling thread to run this vCPU (signal masks and the like). Call once, on the vCPU thread.</summary>
     void AttachToCurrentThread();
 

@@ -28,6 +28,21 @@ public sealed class KvmHypervisor : IHypervisor
         var raw = _system.GetSupportedCpuid();
         var entries = new CpuidEntry[raw.Length];
         for (int i = 0; i < raw.Length; i++) entries[i] = KvmConversions.ToCpuidEntry(raw[i]);
+        return WithTscDeadlineTimer(entries, _system.CheckExtension(KvmCapability.TscDeadlineTimer) > 0);
+    }
+
+    private const uint TscDeadlineTimerBit = 1u << 24; // CPUID.1:ECX[24]
+
+    /// <summary>
+    /// Adds the TSC-deadline timer to leaf 1 when the in-kernel LAPIC emulates it: older kernels leave it
+    /// out of KVM_GET_SUPPORTED_CPUID and VMMs (QEMU, Firecracker) add it on KVM_CAP_TSC_DEADLINE_TIMER.
+    /// Without it Linux calibrates the LAPIC timer against PIT ticks; with it, it skips that.
+    /// </summary>
+    public static CpuidEntry[] WithTscDeadlineTimer(CpuidEntry[] entries, bool supported)
+    {
+        if (!supported) return entries;
+        for (int i = 0; i < entries.Length; i++)
+            if (entries[i].Function == 1) entries[i] = entries[i] with { Ecx = entries[i].Ecx | TscDeadlineTimerBit };
         return entries;
     }
 

@@ -5,7 +5,10 @@ using SharpVM.Memory;
 
 namespace SharpVM.Hypervisor.Kvm;
 
-/// <summary>A VM on KVM: RAM regions become memory slots; the irqchip and PIT live in the kernel.</summary>
+/// <summary>
+/// A VM on KVM: RAM regions become memory slots; the irqchip and PIT live in the kernel, with the
+/// PC's GSI routing (<see cref="PcIrqRouting"/>).
+/// </summary>
 public sealed class KvmMachine : IVirtualMachine
 {
     // Intel VT needs three pages for a real-mode TSS and one for an identity map, outside RAM and
@@ -15,6 +18,7 @@ public sealed class KvmMachine : IVirtualMachine
 
     private readonly KvmVm _vm;
     private readonly Dictionary<int, IInterruptLine> _lines = [];
+    private readonly bool _hasIrqchip;
     private bool _dirtyLogging;
 
     public GuestMemory Memory { get; }
@@ -32,7 +36,12 @@ public sealed class KvmMachine : IVirtualMachine
             TryOptional(() => _vm.SetTssAddr(TssAddress));
             TryOptional(() => _vm.SetIdentityMapAddr(IdentityMapAddress));
             MapMemory(logDirty: false);
-            if (options.InterruptController) _vm.CreateIrqchip();
+            if (options.InterruptController)
+            {
+                _vm.CreateIrqchip();
+                _vm.SetGsiRouting(PcIrqRouting.Entries());
+                _hasIrqchip = true;
+            }
             if (options.Pit) _vm.CreatePit2();
         }
         catch
@@ -57,7 +66,7 @@ public sealed class KvmMachine : IVirtualMachine
         }
     }
 
-    public IVcpu CreateVcpu(int id) => new KvmVirtualCpu(_vm.CreateVcpu(id));
+    public IVcpu CreateVcpu(int id) => new KvmVirtualCpu(_vm.CreateVcpu(id), _hasIrqchip);
 
     public IInterruptLine GetInterruptLine(int gsi)
     {

@@ -19,7 +19,16 @@ public sealed class KvmVirtualCpu : IVcpu
     /// <summary>The raw vCPU fd wrapper, for KVM-only state (LAPIC, events, XCRs, FPU).</summary>
     public KvmVcpu Kvm => _vcpu;
 
-    internal KvmVirtualCpu(KvmVcpu vcpu) => _vcpu = vcpu;
+    private readonly bool _hasLapic;
+
+    internal KvmVirtualCpu(KvmVcpu vcpu, bool hasLapic)
+    {
+        _vcpu = vcpu;
+        _hasLapic = hasLapic;
+    }
+
+    /// <summary>See <see cref="KvmFirmwareState"/>.</summary>
+    public void ApplyFirmwareState() => KvmFirmwareState.Apply(_vcpu, _hasLapic);
 
     public void AttachToCurrentThread()
     {

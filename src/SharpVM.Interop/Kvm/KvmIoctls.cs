@@ -66,7 +66,7 @@ public enum KvmCapability
     NrMemslots = 10, Pit = 11, Nop_IoDelay = 12, SyncMmu = 16, IoMmu = 18, DestroyMemoryRegionWorks = 21,
     UserNmi = 22, SetGuestDebug = 23, ReinjectControl = 24, IrqRouting = 25, MceCap = 31, Irqfd = 32,
     Pit2 = 33, SetBootCpuId = 34, PitState2 = 35, Ioeventfd = 36, SetIdentityMapAddr = 37, AdjustClock = 39,
-    VcpuEvents = 41, Xsave = 55, Xcrs = 56, TscControl = 60, GetTscKhz = 61, MaxVcpus = 66, ImmediateExit = 136,
+    VcpuEvents = 41, Xsave = 55, Xcrs = 56, TscControl = 60, GetTscKhz = 61, MaxVcpus = 66, TscDeadlineTimer = 72, ImmediateExit = 136,
     X86TripleFaultEvent = 218,
 }
 

@@ -190,6 +190,8 @@ public unsafe struct KvmIoeventfd
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct KvmPitConfig
 {
+    /// <summary>KVM_PIT_SPEAKER_DUMMY: the kernel also emulates port 0x61.</summary>
+    public const uint SpeakerDummy = 1;
     public uint Flags;
     public fixed uint Pad[15];
 }
@@ -207,6 +209,8 @@ public struct KvmIrqRouting
 public struct KvmIrqRoutingEntry
 {
     public const uint TypeIrqchip = 1, TypeMsi = 2;
+    /// <summary>The irqchip numbers of a KVM_IRQ_ROUTING_IRQCHIP route.</summary>
+    public const uint IrqchipPicMaster = 0, IrqchipPicSlave = 1, IrqchipIoapic = 2;
     [FieldOffset(0)] public uint Gsi;
     [FieldOffset(4)] public uint Type;
     [FieldOffset(8)] public uint Flags;

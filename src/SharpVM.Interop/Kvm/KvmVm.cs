@@ -46,10 +46,14 @@ public sealed unsafe class KvmVm : IDisposable
     /// <summary>KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and a local APIC per vCPU.</summary>
     public void CreateIrqchip() => Ioctl(KvmIoctls.CreateIrqchip, 0, "KVM_CREATE_IRQCHIP");
 
-    /// <summary>KVM_CREATE_PIT2: the in-kernel 8254.</summary>
+    /// <summary>
+    /// KVM_CREATE_PIT2: the in-kernel 8254, with KVM_PIT_SPEAKER_DUMMY so that port 0x61 (speaker
+    /// gate and channel 2 output, which Linux's PIT/TSC calibration polls) is answered in the kernel
+    /// too: channel 2's output lives there, and no user-space device owns the port on KVM.
+    /// </summary>
     public void CreatePit2()
     {
-        var config = new KvmPitConfig { Flags = 0 };
+        var config = new KvmPitConfig { Flags = KvmPitConfig.SpeakerDummy };
         Ioctl(KvmIoctls.CreatePit2, (nint)(&config), "KVM_CREATE_PIT2");
     }
 

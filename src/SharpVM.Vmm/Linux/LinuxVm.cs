@@ -39,7 +39,9 @@ public sealed class LinuxVm : IDisposable
             var boot = LinuxGuest.Prepare(vm.Memory, config.Machine.Cpus, config.KernelPath, config.InitrdPath, config.CommandLine, config.LoadMode);
             vm.VcpuSetup = vcpu =>
             {
-                if (vcpu.Id != 0) return;
+                // Every vCPU: what firmware would have set (LINT0/LINT1, MTRRs, fast strings, FPU).
+                vcpu.ApplyFirmwareState();
+                if (vcpu.Id != 0) return; // APs wait for the guest's INIT/SIPI (MP_STATE uninitialized)
                 var sregs = boot.SpecialRegisters;
                 sregs.ApicBase = vcpu.GetSpecialRegisters().ApicBase;
                 vcpu.SetSpecialRegisters(sregs);
