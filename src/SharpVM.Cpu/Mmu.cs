@@ -318,20 +318,30 @@ public sealed unsafe partial class EmulatorVcpu
         if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
         {
             // SAFETY: as in Read: Host is a whole RAM page and the access stays inside it.
-            byte* p = e.Host + off;
-            switch (size)
-            {
-                case 1: *p = (byte)v; break;
-                case 2: Unsafe.WriteUnaligned(p, (ushort)v); break;
-                case 4: Unsafe.WriteUnaligned(p, (uint)v); break;
-                default: Unsafe.WriteUnaligned(p, v); break;
-            }
-            if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
-            var log = _mem.SoftwareDirtyLog;
-            if (log != null) log.MarkPage(e.Ppn);
+            StoreToPage(ref e, off, size, v);
             return;
         }
         WriteSlow(la, size, v, need);
+    }
+
+    /// <summary>
+    /// Stores into a RAM page the TLB entry maps (the caller checked that the access stays inside it), ends the
+    /// block if that page holds the running code, and marks the page dirty for the software dirty log.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void StoreToPage(ref TlbEntry e, uint off, int size, ulong v)
+    {
+        byte* p = e.Host + off;
+        switch (size)
+        {
+            case 1: *p = (byte)v; break;
+            case 2: Unsafe.WriteUnaligned(p, (ushort)v); break;
+            case 4: Unsafe.WriteUnaligned(p, (uint)v); break;
+            default: Unsafe.WriteUnaligned(p, v); break;
+        }
+        if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
+        var log = _mem.SoftwareDirtyLog;
+        if (log != null) log.MarkPage(e.Ppn);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -349,16 +359,7 @@ public sealed unsafe partial class EmulatorVcpu
         ref var e = ref Fill(la, need);
         if (e.Host != null)
         {
-            byte* p = e.Host + off;
-            switch (size)
-            {
-                case 1: *p = (byte)v; break;
-                case 2: Unsafe.WriteUnaligned(p, (ushort)v); break;
-                case 4: Unsafe.WriteUnaligned(p, (uint)v); break;
-                default: Unsafe.WriteUnaligned(p, v); break;
-            }
-            if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
-            _mem.SoftwareDirtyLog?.MarkPage(e.Ppn);
+            StoreToPage(ref e, off, size, v);
             return;
         }
         Span<byte> buf = stackalloc byte[8];
