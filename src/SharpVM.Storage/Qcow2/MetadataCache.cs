@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace SharpVM.Storage.Qcow2;
 
 /// <summary>
@@ -17,15 +19,24 @@ internal sealed class MetadataCache
 
     public byte[] Get(long offset, Func<long, byte[]> load)
     {
+        if (TryGet(offset, out var cached)) return cached;
+        var data = load(offset);
+        Put(offset, data);
+        return data;
+    }
+
+    /// <summary>The cached cluster at <paramref name="offset"/>, now the most recently used; false when not cached.</summary>
+    public bool TryGet(long offset, [MaybeNullWhen(false)] out byte[] data)
+    {
         if (_map.TryGetValue(offset, out var node))
         {
             _lru.Remove(node);
             _lru.AddFirst(node);
-            return node.Value.Data;
+            data = node.Value.Data;
+            return true;
         }
-        var data = load(offset);
-        Put(offset, data);
-        return data;
+        data = null;
+        return false;
     }
 
     public void Put(long offset, byte[] data)

@@ -202,15 +202,16 @@ public sealed partial class Qcow2Image : IDiskImage
 
     internal byte[] LoadL2(long l2Offset)
     {
-        return L2Cache.Get(l2Offset, off =>
-        {
-            if (off % ClusterSize != 0 || off + ClusterSize > File.Length)
-                throw new CorruptImageException($"L2 table at 0x{off:x} is misaligned or past the end of the file");
-            if (IsProtectedMetadata(off)) throw new CorruptImageException($"L2 table at 0x{off:x} overlaps the header, L1 or refcount table");
-            var b = new byte[ClusterSize];
-            File.Read(off, b);
-            return b;
-        });
+        // Every guest request looks its clusters up here: a hit must not allocate (a loader lambda capturing `this`
+        // would cost a delegate per lookup).
+        if (L2Cache.TryGet(l2Offset, out var cached)) return cached;
+        if (l2Offset % ClusterSize != 0 || l2Offset + ClusterSize > File.Length)
+            throw new CorruptImageException($"L2 table at 0x{l2Offset:x} is misaligned or past the end of the file");
+        if (IsProtectedMetadata(l2Offset)) throw new CorruptImageException($"L2 table at 0x{l2Offset:x} overlaps the header, L1 or refcount table");
+        var table = new byte[ClusterSize];
+        File.Read(l2Offset, table);
+        L2Cache.Put(l2Offset, table);
+        return table;
     }
 
     /// <summary>The L2 entry (and extended-L2 bitmap) for a guest cluster; (0,0) when no L2 table exists.</summary>
