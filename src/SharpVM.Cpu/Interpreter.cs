@@ -1016,8 +1016,11 @@ public sealed unsafe partial class EmulatorVcpu
                 if (++iter > 4096 && (_exitRequested != 0 || _irqHint))
                 {
                     // Resume the instruction later (it is restartable): lets RequestExit and interrupts in.
+                    // It has not retired: the block counted it on entry, and will again when it is resumed, so
+                    // it counts once, when it completes (as on hardware), however often it was interrupted.
                     Rip = FaultRip;
                     _endBlock = true;
+                    InstructionsRetired--;
                     return;
                 }
             }
