@@ -531,6 +531,12 @@ public sealed unsafe partial class EmulatorVcpu
         Write(la, sz, i.GetImmediate(1));
     }
 
+    /// <summary>
+    /// Diagnostics: LOCK-ed ALU read-modify-writes whose compare-and-swap lost to another writer and was retried (tests
+    /// use it to prove that a retry really happened).
+    /// </summary>
+    internal long LockedRmwRetries;
+
     private void AluRmw(ref Instruction i, int sz, int op)
     {
         if (i.Op0Kind == OpKind.Register)
@@ -555,6 +561,7 @@ public sealed unsafe partial class EmulatorVcpu
                     ulong res = Alu(op, old, src, sz);
                     if (CasRaw(p, sz, old, res)) return;
                     Rflags = saved;
+                    LockedRmwRetries++;
                 }
             }
         }
