@@ -4,13 +4,15 @@ using SharpVM.Storage.Qcow2;
 
 namespace SharpVM.Storage.Tests;
 
-/// <summary>Entry point of the test assembly when run as a child process (dotnet exec SharpVM.Storage.Tests.dll crash-worker ...).</summary>
+/// <summary>Entry point of the test assembly when run as a child process (dotnet exec SharpVM.Storage.Tests.dll crash-worker|leak-worker ...).</summary>
 public static class Program
 {
     public static int Main(string[] args)
     {
         if (args.Length >= 3 && args[0] == "crash-worker")
             return CrashTests.Worker(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), unsafeCache: args.Length > 3 && args[3] == "unsafe");
+        if (args.Length >= 4 && args[0] == "leak-worker")
+            return CrashLeakBoundTests.Worker(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), flush: args[3] == "flush");
         return 0;
     }
 }
