@@ -20,7 +20,7 @@ public static class RunCommand
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM: a number of MiB, or with K/M/G suffix (e.g. 512M, 2G).", DefaultValueFactory = _ => "512M" };
         var cpus = new Option<int>("--cpus") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 1 };
         var accel = new Option<Accelerator>("--accel") { Description = "Backend: auto (KVM where it has VMX/SVM, else emu), kvm, or emu (SharpVM's own CPU).", DefaultValueFactory = _ => Accelerator.Auto };
-        var serial = new Option<string>("--serial") { Description = "COM1: stdio (terminal in raw mode; Ctrl-A x quits), file:PATH (output only), unix:PATH or tcp:[HOST]:PORT (SharpVM listens; one client at a time gets the output and types to the guest; HOST defaults to 127.0.0.1), or none.", DefaultValueFactory = _ => "stdio" };
+        var serial = new Option<string>("--serial") { Description = "COM1: stdio (terminal in raw mode; Ctrl-A x quits), file:PATH (output only), unix:PATH or tcp:[HOST]:PORT (SharpVM listens; one client at a time gets the output and types to the guest; an empty HOST listens on every address, as QEMU does, so anyone who can reach the port gets the console; tcp:127.0.0.1:PORT keeps it local), or none.", DefaultValueFactory = _ => "stdio" };
         var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range when the VM ends." };
         var reboot = new Option<bool>("--reboot") { Description = "Restart the guest when it reboots (default: end with exit status 2)." };
         var guestDecompress = new Option<bool>("--guest-decompress") { Description = "Let the kernel decompress itself instead of SharpVM decompressing it on the host." };
@@ -40,7 +40,7 @@ public static class RunCommand
               sharpvm run --cpus 2 --memory 1G --accel emu -- cat /proc/cpuinfo
               sharpvm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
               sharpvm run --serial unix:/tmp/vm.sock        console on a Unix socket: socat -,rawer UNIX-CONNECT:/tmp/vm.sock
-              sharpvm run --serial tcp::4444                console on 127.0.0.1:4444 (tcp:0.0.0.0:4444 for every address)
+              sharpvm run --serial tcp:127.0.0.1:4444       console on 127.0.0.1:4444 (tcp::4444: every address, as in QEMU)
               sharpvm run --serial file:boot.log -- dmesg   guest output to a file
             """);
         foreach (var o in new Option[] { kernel, initrd, cmdline, memory, cpus, accel, serial, stats, reboot, guestDecompress, hugePages, ksm, timeout }) command.Options.Add(o);

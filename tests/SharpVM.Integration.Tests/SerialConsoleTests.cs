@@ -144,19 +144,27 @@ public class SerialConsoleTests
         finally { File.Delete(file); }
     }
 
+    /// <summary>
+    /// tcp::PORT listens on every address, as QEMU's does. 127.0.0.2 tells the two apart on any host: it is a loopback
+    /// address, so always reachable here, but a listener bound to 127.0.0.1 alone refuses it.
+    /// </summary>
     [Fact]
-    public void TcpSocketListensOnLoopbackByDefaultAndReportsAPortInUse()
+    public void TcpSocketWithAnEmptyHostListensOnEveryAddressAndReportsAPortInUse()
     {
         var uart = new Serial16550(new NoInterrupts(), _ => { });
         using var console = SerialConsole.Open("tcp::0", interactive: false, TextWriter.Null);
         console.ConnectInput(uart);
-        Assert.StartsWith("tcp:127.0.0.1:", console.ListenAddress);
-        int port = int.Parse(console.ListenAddress!.Split(':')[2]);
+        Assert.Matches(@"^tcp:(\[::\]|0\.0\.0\.0):[0-9]+$", console.ListenAddress);
+        int port = int.Parse(console.ListenAddress![(console.ListenAddress!.LastIndexOf(':') + 1)..]);
         Assert.NotEqual(0, port);
 
-        using (var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        var addresses = new List<IPAddress> { IPAddress.Parse("127.0.0.2"), IPAddress.Loopback };
+        if (Socket.OSSupportsIPv6) addresses.Add(IPAddress.IPv6Loopback);
+        foreach (var address in addresses)
         {
-            client.Connect(new IPEndPoint(IPAddress.Loopback, port));
+            // One client at a time: the next one is served once this one has hung up.
+            using var client = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            client.Connect(new IPEndPoint(address, port));
             client.Send("ls\n"u8.ToArray());
             Assert.Equal("ls\n", ReadUart(uart, 3));
             console.Write("bin\n"u8);
@@ -165,6 +173,29 @@ public class SerialConsoleTests
 
         var e = Assert.Throws<UserFacingException>(() => SerialConsole.Open($"tcp:127.0.0.1:{port}", interactive: false, TextWriter.Null));
         Assert.Equal($"--serial tcp:127.0.0.1:{port}: port {port} on 127.0.0.1 is in use", e.Message);
+        e = Assert.Throws<UserFacingException>(() => SerialConsole.Open($"tcp::{port}", interactive: false, TextWriter.Null));
+        Assert.Equal($"--serial tcp::{port}: port {port} on every address is in use", e.Message);
+    }
+
+    /// <summary>tcp:127.0.0.1:PORT keeps the console on the loopback address it names.</summary>
+    [Fact]
+    public void TcpSocketOnAnExplicitLoopbackHostListensThereOnly()
+    {
+        var uart = new Serial16550(new NoInterrupts(), _ => { });
+        using var console = SerialConsole.Open("tcp:127.0.0.1:0", interactive: false, TextWriter.Null);
+        console.ConnectInput(uart);
+        Assert.StartsWith("tcp:127.0.0.1:", console.ListenAddress);
+        int port = int.Parse(console.ListenAddress!.Split(':')[2]);
+
+        using (var outside = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            var refused = Assert.Throws<SocketException>(() => outside.Connect(new IPEndPoint(IPAddress.Parse("127.0.0.2"), port)));
+            Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        }
+        using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        client.Connect(new IPEndPoint(IPAddress.Loopback, port));
+        client.Send("ls\n"u8.ToArray());
+        Assert.Equal("ls\n", ReadUart(uart, 3));
     }
 
     [Fact]

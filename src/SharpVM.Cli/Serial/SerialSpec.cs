@@ -19,7 +19,7 @@ public abstract record SerialSpec
     public sealed record File(string Path) : SerialSpec;
     /// <summary>SharpVM listens on a Unix domain socket at <paramref name="Path"/>.</summary>
     public sealed record UnixSocket(string Path) : SerialSpec;
-    /// <summary>SharpVM listens on TCP; an empty <paramref name="Host"/> means the loopback address only.</summary>
+    /// <summary>SharpVM listens on TCP; an empty <paramref name="Host"/> means every address, as in QEMU.</summary>
     public sealed record TcpSocket(string Host, int Port) : SerialSpec;
 
     /// <summary>Parses a `--serial` value; throws <see cref="FormatException"/> with a one-line reason naming the value.</summary>

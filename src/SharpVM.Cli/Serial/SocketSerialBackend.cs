@@ -76,7 +76,11 @@ internal sealed class SocketSerialBackend : ISerialBackend
     public static SocketSerialBackend ListenTcp(string spec, string host, int port)
     {
         IPAddress address;
-        if (host.Length == 0) address = IPAddress.Loopback; // unlike QEMU: a guest's root shell is not offered to the network by default
+        // An empty host listens on every address, as QEMU does (it opens 0.0.0.0 and [::]; one dual-stack socket on
+        // [::] reaches the same clients). Anyone who can reach the port gets the guest's console, often a root shell:
+        // tcp:127.0.0.1:PORT keeps it on this machine.
+        bool everyAddress = host.Length == 0;
+        if (everyAddress) address = Socket.OSSupportsIPv6 ? IPAddress.IPv6Any : IPAddress.Any;
         else if (!IPAddress.TryParse(host, out address!))
         {
             try { address = Dns.GetHostAddresses(host).First(); }
@@ -85,9 +89,11 @@ internal sealed class SocketSerialBackend : ISerialBackend
                 throw new UserFacingException($"--serial {spec}: cannot resolve host '{host}'");
             }
         }
+        string where = everyAddress ? "every address" : address.ToString();
         var listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
+            if (everyAddress && address.AddressFamily == AddressFamily.InterNetworkV6) listener.DualMode = true; // IPv4 clients too
             // No SO_REUSEADDR: .NET sets SO_REUSEPORT with it on Linux, which would let a second
             // listener share the port instead of reporting it in use.
             listener.Bind(new IPEndPoint(address, port));
@@ -97,13 +103,15 @@ internal sealed class SocketSerialBackend : ISerialBackend
         {
             listener.Dispose();
             throw new UserFacingException(e.SocketErrorCode == SocketError.AddressAlreadyInUse
-                ? $"--serial {spec}: port {port} on {address} is in use"
-                : $"--serial {spec}: cannot listen on {address} port {port}: {e.Message}");
+                ? $"--serial {spec}: port {port} on {where} is in use"
+                : $"--serial {spec}: cannot listen on {where} port {port}: {e.Message}");
         }
         var bound = (IPEndPoint)listener.LocalEndPoint!;
         string shown = bound.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address.ToString();
+        // A wildcard address is where the socket listens, not an address to connect to: the hint uses loopback.
+        string connectTo = everyAddress ? "127.0.0.1" : shown;
         return new SocketSerialBackend(listener, null, $"tcp:{shown}:{bound.Port}",
-            $"socat -,rawer,escape=0x1d TCP:{shown}:{bound.Port}");
+            $"socat -,rawer,escape=0x1d TCP:{connectTo}:{bound.Port}");
     }
 
     public void StartInput(Action<ReadOnlySpan<byte>> toGuest, Action quit) =>
