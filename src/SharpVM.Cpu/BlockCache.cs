@@ -42,6 +42,12 @@ internal sealed class Block
         public const int Length = 64;
         private byte _first;
     }
+    /// <summary>Times the interpreter ran the block (counts up to the translation threshold).</summary>
+    public int Runs;
+    /// <summary>The block's translation to host code, once <see cref="BlockTranslator"/> has made it.</summary>
+    public TranslatedBlock? Translated;
+    /// <summary>Set when translating the block failed: it stays interpreted.</summary>
+    public bool TranslationFailed;
     public int Len1;
     public int Len2;
     /// <summary>Physical page of the second half of a page-crossing instruction, or ulong.MaxValue.</summary>

@@ -537,6 +537,12 @@ public sealed unsafe partial class EmulatorVcpu
     /// </summary>
     internal long LockedRmwRetries;
 
+    /// <summary>
+    /// Tests only: called between the load and the compare-and-swap of a LOCK-ed ALU read-modify-write, so a test can
+    /// play the other CPU that writes in between (and make the retry path run deterministically).
+    /// </summary>
+    internal Action? BeforeLockedCompareAndSwap;
+
     private void AluRmw(ref Instruction i, int sz, int op)
     {
         if (i.Op0Kind == OpKind.Register)
@@ -559,6 +565,7 @@ public sealed unsafe partial class EmulatorVcpu
                 {
                     ulong old = LoadRaw(p, sz);
                     ulong res = Alu(op, old, src, sz);
+                    BeforeLockedCompareAndSwap?.Invoke();
                     if (CasRaw(p, sz, old, res)) return;
                     Rflags = saved;
                     LockedRmwRetries++;

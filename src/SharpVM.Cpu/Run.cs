@@ -223,13 +223,29 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn = phys >> 12;
         _blockPpn2 = b.Ppn2;
         _endBlock = false;
+        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
+        var translated = b.Translated;
+        if (translated is null && _translation.Enabled && ++b.Runs == _translation.Threshold)
+        {
+            RequestTranslation(b);
+            translated = b.Translated; // set already when translating on this thread
+        }
+        if (translated is not null && _trace is null && !s_trace)
+        {
+            InstructionsRetired += b.Count;
+            _runningBlock = b;
+            translated(this, ref regs, b);
+            _runningBlock = null;
+            _blockPpn = ulong.MaxValue;
+            _blockPpn2 = ulong.MaxValue;
+            return;
+        }
         // No try/finally here: exception handling would keep the loop's locals out of registers.
         // A fault leaves _blockPpn set; that only ends a later block early, which is harmless.
         var ds = b.D;
         int n = b.RunCount;
         InstructionsRetired += b.Count;
         _runningBlock = b;
-        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
         for (int k = 0; k < n; k++)
         {
             ref DInsn d = ref ds[k];
@@ -248,6 +264,25 @@ public sealed unsafe partial class EmulatorVcpu
         _runningBlock = null;
         _blockPpn = ulong.MaxValue;
         _blockPpn2 = ulong.MaxValue;
+    }
+
+    private EmulatorTranslation _translation = EmulatorTranslation.FromEnvironment();
+
+    /// <summary>
+    /// Whether and when blocks are translated to host code (<see cref="BlockTranslator"/>); by default as the
+    /// SHARPVM_EMU_TRANSLATE environment variable says, else <see cref="EmulatorTranslation.Default"/>.
+    /// </summary>
+    public EmulatorTranslation Translation
+    {
+        get => _translation;
+        set => _translation = value;
+    }
+
+    private void RequestTranslation(Block b)
+    {
+        if (b.TranslationFailed) return;
+        if (!_translation.Background) BlockTranslator.TranslateNow(b);
+        else if (!BlockTranslator.Enqueue(b)) b.Runs = 0; // queue full: try again after as many runs
     }
 
     /// <summary>

@@ -9,7 +9,8 @@ namespace SharpVM.Cpu.Tests;
 /// <summary>
 /// Differential tests: every generated instruction runs on the host CPU (user mode) and in SharpVM.Cpu
 /// (64-bit kernel mode) from the same registers, flags, XMM registers and memory; GPRs, defined flags,
-/// XMM registers and memory must match, and #DE must be raised exactly where the host would.
+/// XMM registers and memory must match, and #DE must be raised exactly where the host would. Each test runs
+/// twice: interpreted, and with every block translated to host code first (<see cref="BlockTranslator"/>).
 /// </summary>
 [Collection(NativeCpuCollection.Name)]
 public sealed class DifferentialTests(ITestOutputHelper output)
@@ -430,13 +431,15 @@ public sealed class DifferentialTests(ITestOutputHelper output)
         return und;
     }
 
-    [Fact]
-    public void InstructionsMatchTheHostCpu()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void InstructionsMatchTheHostCpu(bool translated)
     {
         // The host comparison is the point of these tests: without the native harness they fail, never pass quietly.
         if (!NativeCpu.TryInit(out string? err)) Assert.Fail($"the native test harness is unavailable: {err}");
         var forms = EnumerateForms();
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var rng = new Random(12345);
         int cases = 0, deCases = 0, mismatches = 0;
         var covered = new HashSet<Code>();
@@ -555,8 +558,10 @@ public sealed class DifferentialTests(ITestOutputHelper output)
     /// paths: condition codes, ADC/SBB, RCL/RCR and INC/DEC reading flags left pending by the first.
     /// A quarter of the second instructions are a Jcc over a LEA (the fused compare-and-branch).
     /// </summary>
-    [Fact]
-    public void InstructionPairsMatchTheHostCpu()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void InstructionPairsMatchTheHostCpu(bool translated)
     {
         // The host comparison is the point of these tests: without the native harness they fail, never pass quietly.
         if (!NativeCpu.TryInit(out string? err)) Assert.Fail($"the native test harness is unavailable: {err}");
@@ -576,7 +581,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
             or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Test or Mnemonic.Inc or Mnemonic.Dec or Mnemonic.Neg).ToList();
         var consumers = second.Where(f => f.Code.ToOpCode().Mnemonic.ToString() is var m && (m.StartsWith("Set", StringComparison.Ordinal)
             || m.StartsWith("Cmov", StringComparison.Ordinal) || m is "Adc" or "Sbb" or "Rcl" or "Rcr" or "Inc" or "Dec" or "Cmc" or "Lahf")).ToList();
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var rng = new Random(777);
         var outRegs = new ulong[16];
         var outXmm = new ulong[32];
@@ -664,13 +669,15 @@ public sealed class DifferentialTests(ITestOutputHelper output)
     /// user code segment), in the emulator in compatibility mode at CPL0. Low 32 bits of EAX..EDI,
     /// defined flags, XMM0-7 and memory must match.
     /// </summary>
-    [Fact]
-    public void Instructions32BitMatchTheHostCpu()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Instructions32BitMatchTheHostCpu(bool translated)
     {
         // The host comparison is the point of these tests: without the native harness they fail, never pass quietly.
         if (!NativeCpu.TryInit(out string? err)) Assert.Fail($"the native test harness is unavailable: {err}");
         var forms = EnumerateForms(32);
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var sregs = g.Cpu.GetSpecialRegisters();
         sregs.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
         var rng = new Random(4242);

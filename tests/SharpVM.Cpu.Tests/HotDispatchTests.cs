@@ -9,10 +9,10 @@ namespace SharpVM.Cpu.Tests;
 /// <summary>
 /// Adversarial checks of the block loop's inlined hot handlers and fused compare-and-branch: precise
 /// exceptions from their memory operands, prefixes (FS/GS base, 0x67, high-byte registers), flags seen by
-/// later readers, the retired-instruction count, and the block bytes check against self-modifying code.
+/// later readers, the retired-instruction count, and the block bytes check against self-modifying code. Every test
+/// runs interpreted and with every block translated to host code first (the translator keeps the same contract).
 /// </summary>
-[Collection(NativeCpuCollection.Name)]
-public sealed class HotDispatchTests
+public abstract class HotDispatchTests(bool translated)
 {
     private const ulong Pd1 = 0x20000, Pt = 0x21000, Unmapped = 0x4000_0000, Backing = 0x700000, Handler = 0xA000;
 
@@ -20,9 +20,9 @@ public sealed class HotDispatchTests
     /// Maps 0x4000_0000 through a not-present PTE; the #PF handler records the frame's RIP (R9) and RFLAGS
     /// (R10), RAX at entry (R11) and the error code (R14), counts itself in R15, maps the page to 0x700000 and returns.
     /// </summary>
-    private static TestGuest PageFaultGuest()
+    private TestGuest PageFaultGuest()
     {
-        var g = new TestGuest();
+        var g = new TestGuest(translated: translated);
         g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
         g.W64(Pd1, Pt | 7);
         g.Load(Handler, a =>
@@ -170,7 +170,7 @@ public sealed class HotDispatchTests
     [Fact]
     public void HotFormsHonourSegmentBasesAddressSizeAndByteRegisters()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         const ulong FsBase = 0x200000, GsBase = 0x300000;
         g.W64(FsBase + 0x10, 0x1111_2222_3333_4444);
         g.W64(GsBase + 0x10, 0x8765_4321_9ABC_DEF0);
@@ -248,7 +248,7 @@ public sealed class HotDispatchTests
     [Fact]
     public void InstructionsRetiredCountsExactlyTheCompletedInstructions()
     {
-        using (var g = new TestGuest())
+        using (var g = new TestGuest(translated: translated))
         {
             g.Load(TestGuest.CodeAddr, a =>
             {
@@ -290,7 +290,7 @@ public sealed class HotDispatchTests
     [InlineData(0x1FFD, 0)]   // the patched MOV crosses into the next page, its immediate there
     public void PatchedBlocksAreSeenOnTheirNextEntry(int offset, int padding)
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         ulong block = TestGuest.CodeAddr + 0x10000 + (ulong)offset;
         int len = g.Load(block, a =>
         {
@@ -334,7 +334,7 @@ public sealed class HotDispatchTests
         string[] ops = ["add", "or", "adc", "sbb", "and", "sub", "xor", "cmp", "test"];
         // (destination, source) pairs per width; AH/BH exercise the high-byte path.
         (Register Dst, Register Src)[] pairs = [(Register.RSI, Register.RDI), (Register.ESI, Register.EDI), (Register.SI, Register.DI), (Register.SIL, Register.DIL), (Register.AH, Register.BH)];
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var rng = new Random(2026);
         var outRegs = new ulong[16];
         var outXmm = new ulong[32];
@@ -437,3 +437,9 @@ public sealed class HotDispatchTests
         }
     }
 }
+
+[Collection(NativeCpuCollection.Name)]
+public sealed class HotDispatchTestsInterpreted() : HotDispatchTests(translated: false);
+
+[Collection(NativeCpuCollection.Name)]
+public sealed class HotDispatchTestsTranslated() : HotDispatchTests(translated: true);

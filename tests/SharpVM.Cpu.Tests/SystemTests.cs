@@ -44,8 +44,12 @@ internal sealed class FakeInterruptSource : IVcpuInterruptSource
     }
 }
 
-/// <summary>Tiny guests run in the emulator alone: mode switches, paging, exceptions, privilege changes, I/O, HLT, RequestExit, SMC.</summary>
-public sealed class SystemTests
+/// <summary>
+/// Tiny guests run in the emulator alone: mode switches, paging, exceptions, privilege changes, I/O, HLT, RequestExit,
+/// SMC. Every test runs twice: interpreted (<see cref="SystemTestsInterpreted"/>) and with every block translated to
+/// host code before it runs (<see cref="SystemTestsTranslated"/>).
+/// </summary>
+public abstract class SystemTests(bool translated)
 {
     private static Assembler A64() => new(64);
 
@@ -60,7 +64,7 @@ public sealed class SystemTests
     [Fact]
     public void RealModeToProtectedToLongMode()
     {
-        using var g = new TestGuest(longMode: false);
+        using var g = new TestGuest(longMode: false, translated: translated);
         // Real mode at 0000:8000.
         var s = g.Cpu.GetSpecialRegisters();
         s.Cs = new Segment { Base = 0, Limit = 0xFFFF, Selector = 0, Type = 0xB, S = true, Present = true };
@@ -114,7 +118,7 @@ public sealed class SystemTests
     [Fact]
     public void RealModeSoftwareInterruptUsesTheIvt()
     {
-        using var g = new TestGuest(longMode: false);
+        using var g = new TestGuest(longMode: false, translated: translated);
         var s = g.Cpu.GetSpecialRegisters();
         s.Cs = new Segment { Base = 0, Limit = 0xFFFF, Selector = 0, Type = 0xB, S = true, Present = true };
         s.Idt = new DescriptorTable { Base = 0, Limit = 0x3FF };
@@ -131,7 +135,7 @@ public sealed class SystemTests
     [Fact]
     public void PageFaultsReportErrorCodeAndCr2ToTheGuestHandler()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         // Map 0x4000_0000.. with a 4 KiB page table: page 0 not present, page 1 read-only, page 2 supervisor-only, page 3 NX.
         const ulong Pd1 = 0x20000, Pt = 0x21000;
         g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
@@ -171,7 +175,7 @@ public sealed class SystemTests
     [Fact]
     public void PageFaultHandlerCanMapThePageAndResume()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         const ulong Pd1 = 0x20000, Pt = 0x21000;
         g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
         g.W64(Pd1, Pt | 7);
@@ -197,7 +201,7 @@ public sealed class SystemTests
     [Fact]
     public void GeneralProtectionUndefinedOpcodeAndDivideErrors()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         void Expect(int vector, ulong? err, Action<Assembler> body)
         {
             g.EnterLongMode();
@@ -220,7 +224,7 @@ public sealed class SystemTests
     [Fact]
     public void FaultWhileDeliveringBecomesDoubleFaultThenTripleFault()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         SetGate(g, 14, 0xA000, present: false);
         g.Load(TestGuest.CodeAddr, a => { a.mov(rcx, 0x5000_0000UL); a.mov(rax, __qword_ptr[rcx]); a.hlt(); });
         Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
@@ -238,7 +242,7 @@ public sealed class SystemTests
     [Fact]
     public void UserModeThroughIretqThenSyscallSysretAndPrivilegeFault()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         const ulong UserCode = 0x200000, UserStack = 0x240000, SyscallEntry = 0xB000;
         g.Cpu.SetMsr(0xC0000081, ((ulong)0x20 << 48) | ((ulong)TestGuest.KCode << 32)); // STAR
         g.Cpu.SetMsr(0xC0000082, SyscallEntry);                                        // LSTAR
@@ -291,7 +295,7 @@ public sealed class SystemTests
     [Fact]
     public void UserModeCannotTouchSupervisorPages()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         const ulong UserCode = 0x200000;
         // Make the 2 MiB page at 0x400000 supervisor-only.
         g.W64(TestGuest.Pd + 2 * 8, 0x400000 | 0x83);
@@ -312,7 +316,7 @@ public sealed class SystemTests
     [Fact]
     public void PortAndMmioAccessesGoToTheIoHandler()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.W64(TestGuest.Pdpt + 3 * 8, 0xC0000000UL | 0x83); // 1 GiB page over the MMIO hole
         g.Io.MmioValues[0xC000_1000] = 0xAABBCCDD;
         g.W32(0x5000_0, 0x64636261);
@@ -340,7 +344,7 @@ public sealed class SystemTests
     [Fact]
     public void HaltExitsWithoutInterruptSourceAndWaitsForInterruptsWithOne()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a => { a.hlt(); a.mov(eax, 1); a.hlt(); });
         Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
         Assert.Equal(TestGuest.CodeAddr + 1, g.Cpu.GetRegisters().Rip);
@@ -366,7 +370,7 @@ public sealed class SystemTests
     [Fact]
     public void ExternalInterruptIsDeliveredWhileSpinning()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var src = new FakeInterruptSource();
         g.Cpu.AttachInterruptSource(src);
         g.Load(0xC000, a => { a.mov(r10, 0x41); a.add(rsp, 40); a.hlt(); });
@@ -384,7 +388,7 @@ public sealed class SystemTests
     [Fact]
     public void RequestExitStopsASpinningGuestPromptly()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.Label(ref l); a.inc(rax); a.jmp(l); });
         for (int round = 0; round < 2; round++)
         {
@@ -411,7 +415,7 @@ public sealed class SystemTests
     [Fact]
     public void SelfModifyingCodeIsSeen()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         // Patch an instruction later in the same block, and re-run a block after patching it.
         const ulong Loop = TestGuest.CodeAddr + 0x100, Imm = Loop + 9;
         g.Load(TestGuest.CodeAddr, a => { a.xor(ebx, ebx); a.mov(r8d, 2); a.jmp(Loop); });
@@ -441,7 +445,7 @@ public sealed class SystemTests
     [Fact]
     public void CpuidAdvertisesHypervisorAndTscFrequency()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a =>
         {
             a.mov(eax, 0x40000000); a.cpuid(); a.mov(r8d, ebx); a.mov(r9d, ecx); a.mov(r10d, edx);
@@ -463,7 +467,7 @@ public sealed class SystemTests
     [Fact]
     public void FxsaveFxrstorRoundTripAndDirtyLog()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Vm.EnableDirtyLogging();
         g.Vm.TakeDirtyLog();
         g.Load(TestGuest.CodeAddr, a =>
@@ -486,7 +490,7 @@ public sealed class SystemTests
     [Fact]
     public void InterruptLinesRecordUntilConnected()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var line = g.Vm.GetInterruptLine(4);
         line.SetLevel(true);
         var seen = new List<(int, bool)>();
@@ -503,7 +507,7 @@ public sealed class SystemTests
     [Fact]
     public void UnimplementedInstructionIsAnInternalErrorWithDetail()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a => { a.nop(); a.fld(__qword_ptr[rsp]); });
         var exit = g.Run();
         Assert.Equal(VcpuExitReason.InternalError, exit.Reason);
@@ -514,7 +518,7 @@ public sealed class SystemTests
     [Fact]
     public void TlbNeedsInvlpgOrCr3ReloadAndGlobalPagesSurviveCr3Reload()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         const ulong Pd1 = 0x20000, Pt = 0x21000, Va = 0x4000_0000, Va2 = 0x4000_1000;
         g.W64(TestGuest.Pdpt + 8, Pd1 | 7);
         g.W64(Pd1, Pt | 7);
@@ -546,7 +550,7 @@ public sealed class SystemTests
     [Fact]
     public void LockedReadModifyWriteIsAtomicAcrossVcpus()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var cpu2 = g.Vm.CreateEmulatorVcpu(1);
         const ulong Counter = 0x900000, Code2 = 0x110000;
         const int N = 200_000;
@@ -593,7 +597,7 @@ public sealed class SystemTests
     [Fact]
     public void NmiIsDeliveredAndBlockedUntilIret()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var src = new FakeInterruptSource();
         g.Cpu.AttachInterruptSource(src);
         g.Load(0xC000, a => { a.inc(r10); a.iretq(); });
@@ -611,7 +615,7 @@ public sealed class SystemTests
     [Fact]
     public void ProtectedMode32BitPagingFaultsAndIdt()
     {
-        using var g = new TestGuest(longMode: false);
+        using var g = new TestGuest(longMode: false, translated: translated);
         const ulong PageDir = 0x30000, PageTable = 0x31000, Idt = 0x40000, Stubs = 0x41000;
         // 4 MiB PSE pages for the first 16 MiB; 16..20 MiB through a page table whose first page is not present.
         for (ulong k = 0; k < 4; k++) g.W32(PageDir + k * 4, (uint)((k << 22) | 0x87));
@@ -656,7 +660,7 @@ public sealed class SystemTests
     [Fact]
     public void BcdAdjustInstructionsIn32BitMode()
     {
-        using var g = new TestGuest(longMode: false);
+        using var g = new TestGuest(longMode: false, translated: translated);
         var s = g.Cpu.GetSpecialRegisters();
         s.Cr0 = 0x11;
         s.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
@@ -686,7 +690,7 @@ public sealed class SystemTests
     [Fact]
     public void ApplicationProcessorWaitsForInitSipi()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         var ap = g.Vm.CreateEmulatorVcpu(1);
         Assert.True(ap.WaitingForStartup);
         // Trampoline at 0x9A000 (vector 0x9A): real mode, writes a marker and halts.
@@ -707,7 +711,7 @@ public sealed class SystemTests
     [Fact]
     public void X87ControlAndEnvironmentInstructions()
     {
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a =>
         {
             a.mov(rdi, 0x800000UL);
@@ -729,3 +733,7 @@ public sealed class SystemTests
         Assert.Equal(0x0C7Fu, (uint)g.Memory.Read<ushort>(new GuestAddress(0x800006)));
     }
 }
+
+public sealed class SystemTestsInterpreted() : SystemTests(translated: false);
+
+public sealed class SystemTestsTranslated() : SystemTests(translated: true);

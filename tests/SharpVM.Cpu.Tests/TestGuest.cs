@@ -60,12 +60,17 @@ internal sealed class TestGuest : IDisposable
     public EmulatorVcpu Cpu { get; }
     public FakeIo Io { get; } = new();
 
-    public TestGuest(ulong ramBytes = 1UL << 30, bool longMode = true)
+    /// <param name="translated">
+    /// True: every block is translated to host code before its first run (<see cref="EmulatorTranslation.Eager"/>),
+    /// so the test checks the translator; false: the interpreter runs everything.
+    /// </param>
+    public TestGuest(ulong ramBytes = 1UL << 30, bool longMode = true, bool translated = false)
     {
         Memory = GuestMemory.Create(ramBytes);
         var hv = new EmulatorHypervisor();
         Vm = (EmulatorVirtualMachine)hv.CreateVm(Memory, new SharpVM.Devices.Bus.PioBus(), new SharpVM.Devices.Bus.MmioBus(), new VmPlatformOptions(InterruptController: false, Pit: false));
         Cpu = Vm.CreateEmulatorVcpu(0);
+        Cpu.Translation = translated ? EmulatorTranslation.Eager : EmulatorTranslation.Off;
         Cpu.AttachToCurrentThread();
         WriteTables();
         if (longMode) EnterLongMode();

@@ -67,7 +67,7 @@ foreach (bool user in new[] { false, true })
         a.ud2();
         a.dec(rcx);
         a.jnz(l);
-        a.hlt();
+        a.@out(0xF4, al); // ends the run (HLT would wait for an interrupt: the VM has a local APIC)
     });
     using var hv = new EmulatorHypervisor();
     using var vm = hv.CreateVm(mem, new PioBus(), new MmioBus(), new VmPlatformOptions());

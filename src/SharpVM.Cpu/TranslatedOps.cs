@@ -1,0 +1,248 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+
+namespace SharpVM.Cpu;
+
+public sealed partial class EmulatorVcpu
+{
+    /// <summary>
+    /// The building blocks of translated code (<see cref="BlockTranslator"/>). Each is the body of one
+    /// <see cref="ExecHot"/> case with the instruction's fields (register numbers, ALU operation, immediate,
+    /// condition) as parameters instead of loads from a <see cref="DInsn"/>. The translator emits a call per
+    /// guest instruction with those fields as IL constants; the JIT inlines the call (AggressiveInlining),
+    /// propagates the constants and folds away every switch, leaving straight-line code specialised to the
+    /// instruction. Semantics are those of the interpreter's handlers by construction: the same helpers
+    /// (Alu64, SetLazy, Read/Write through the TLB, Cond) do the work.
+    /// </summary>
+    internal static class TranslatedOps
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong EffectiveAddress(ref ulong regs, int bas, int idx, int scale, ulong disp, int asize)
+        {
+            ulong a = disp;
+            if (bas >= 0) a += Reg(ref regs, bas);
+            if (idx >= 0) a += Reg(ref regs, idx) << scale;
+            if (asize != 8) a = asize == 4 ? (uint)a : (ushort)a;
+            return a;
+        }
+
+        /// <summary><see cref="Linear"/> with the block's bitness as a constant (blocks are decoded per bitness).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong LinearAddress(EmulatorVcpu c, ref ulong regs, int bas, int idx, int scale, ulong disp, int asize, int seg, int bitness)
+        {
+            ulong ea = EffectiveAddress(ref regs, bas, idx, scale, disp, asize);
+            if (bitness == 64) return seg >= FS ? c.Sregs[seg].Base + ea : ea;
+            return (uint)(c.Sregs[seg].Base + ea);
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static ulong Load(EmulatorVcpu c, ulong la, int size) => c.Read(la, size);
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRR64(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = Reg(ref regs, src);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRI64(ref ulong regs, int dst, ulong imm) => Reg(ref regs, dst) = imm;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRM64(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = Load(c, la, 8);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovMR64(EmulatorVcpu c, ref ulong regs, int src, ulong la) => Store(c, la, 8, Reg(ref regs, src));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRR32(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = (uint)Reg(ref regs, src);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRM32(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = (uint)Load(c, la, 4);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovMR32(EmulatorVcpu c, ref ulong regs, int src, ulong la) => Store(c, la, 4, (uint)Reg(ref regs, src));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Lea(ref ulong regs, int dst, ulong ea) => Reg(ref regs, dst) = ea;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRR64(EmulatorVcpu c, ref ulong regs, int alu, int dst, int src)
+        {
+            ulong r = c.Alu64(alu, Reg(ref regs, dst), Reg(ref regs, src));
+            if (alu < OpCmp) Reg(ref regs, dst) = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRI64(EmulatorVcpu c, ref ulong regs, int alu, int dst, ulong imm)
+        {
+            ulong r = c.Alu64(alu, Reg(ref regs, dst), imm);
+            if (alu < OpCmp) Reg(ref regs, dst) = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRM64(EmulatorVcpu c, ref ulong regs, int alu, int dst, ulong la)
+        {
+            ulong r = c.Alu64(alu, Reg(ref regs, dst), Load(c, la, 8));
+            if (alu < OpCmp) Reg(ref regs, dst) = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRR32(EmulatorVcpu c, ref ulong regs, int alu, int dst, int src)
+        {
+            uint r = c.Alu32(alu, (uint)Reg(ref regs, dst), (uint)Reg(ref regs, src));
+            if (alu < OpCmp) Reg(ref regs, dst) = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRI32(EmulatorVcpu c, ref ulong regs, int alu, int dst, ulong imm)
+        {
+            uint r = c.Alu32(alu, (uint)Reg(ref regs, dst), (uint)imm);
+            if (alu < OpCmp) Reg(ref regs, dst) = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void IncDec64(EmulatorVcpu c, ref ulong regs, int dst, bool dec)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            ulong a = g, r = dec ? a - 1 : a + 1;
+            c.SetLazy(dec ? LazyDec : LazyInc, a, c.CarryFlag(), r, 8);
+            g = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void IncDec32(EmulatorVcpu c, ref ulong regs, int dst, bool dec)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            uint a = (uint)g, r = dec ? a - 1 : a + 1;
+            c.SetLazy(dec ? LazyDec : LazyInc, a, c.CarryFlag(), r, 4);
+            g = r;
+        }
+
+        /// <summary>SHL/SHR/SAR of a 64-bit register by a non-zero immediate (a zero count is translated to nothing).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ShiftRI64(EmulatorVcpu c, ref ulong regs, int kind, int dst, int count)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            ulong a = g, r;
+            bool cf, of;
+            switch (kind)
+            {
+                case 0: r = a << count; cf = ((a >> (64 - count)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
+                case 1: r = a >> count; cf = ((a >> (count - 1)) & 1) != 0; of = count == 1 && (a >> 63) != 0; break;
+                default: r = (ulong)((long)a >> count); cf = (((long)a >> (count - 1)) & 1) != 0; of = false; break;
+            }
+            c.SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+            g = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovzxRR(EmulatorVcpu c, ref ulong regs, int dst, int src, bool srcHigh, int size) =>
+            Reg(ref regs, dst) = c.GetR(src, srcHigh, size);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovzxRM(EmulatorVcpu c, ref ulong regs, int dst, ulong la, int size) => Reg(ref regs, dst) = Load(c, la, size);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void SetccR(EmulatorVcpu c, int dst, bool dstHigh, int cc) =>
+            c.SetR(dst, dstHigh, 1, c.Cond((ConditionCode)cc) ? 1UL : 0);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void CmovRR64(EmulatorVcpu c, ref ulong regs, int cc, int dst, int src)
+        {
+            if (c.Cond((ConditionCode)cc)) Reg(ref regs, dst) = Reg(ref regs, src);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void CmovRM64(EmulatorVcpu c, ref ulong regs, int cc, int dst, ulong la)
+        {
+            ulong v = Load(c, la, 8); // read whatever the condition (it may fault), as on hardware
+            if (c.Cond((ConditionCode)cc)) Reg(ref regs, dst) = v;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovsxdRR(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = (ulong)(long)(int)Reg(ref regs, src);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovsxdRM(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = (ulong)(long)(int)Load(c, la, 4);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Push64(EmulatorVcpu c, ref ulong regs, int src)
+        {
+            ulong v = Reg(ref regs, src);
+            ulong sp = Reg(ref regs, 4) - 8;
+            Store(c, sp, 8, v);
+            Reg(ref regs, 4) = sp;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Pop64(EmulatorVcpu c, ref ulong regs, int dst)
+        {
+            ulong sp = Reg(ref regs, 4);
+            ulong v = Load(c, sp, 8);
+            Reg(ref regs, 4) = sp + 8;
+            Reg(ref regs, dst) = v;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool Condition(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void SetRip(EmulatorVcpu c, ulong rip) => c.Rip = rip;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void SetFaultRip(EmulatorVcpu c, ulong rip) => c.FaultRip = rip;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Call64(EmulatorVcpu c, ref ulong regs, ulong returnAddress, ulong target)
+        {
+            ulong sp = Reg(ref regs, 4) - 8;
+            Store(c, sp, 8, returnAddress);
+            Reg(ref regs, 4) = sp;
+            c.Rip = target;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Ret64(EmulatorVcpu c, ref ulong regs)
+        {
+            ulong sp = Reg(ref regs, 4);
+            c.Rip = Load(c, sp, 8);
+            Reg(ref regs, 4) = sp + 8;
+        }
+
+        /// <summary>True when a store hit the running code's page (or a generic instruction ended the block).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool BlockEnded(EmulatorVcpu c) => c._endBlock;
+
+        /// <summary>
+        /// The block ended before its last instruction: the ones after it did not retire (the block counted all of
+        /// them on entry, as the interpreter's loop does).
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Unretire(EmulatorVcpu c, long notRun) => c.InstructionsRetired -= notRun;
+
+        /// <summary>
+        /// Whether a block that branches back to itself may run again without returning to the dispatcher:
+        /// not when an interrupt, an exit request or a wake-up is pending, and at most <paramref name="budget"/> times.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool MayLoop(EmulatorVcpu c, ref int budget, long count)
+        {
+            if (--budget <= 0 || c._irqHint || c._exitRequested != 0) return false;
+            c.InstructionsRetired += count;
+            return true;
+        }
+
+        /// <summary>An instruction the translator has no template for: run it as the interpreter's block loop would.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        public static void Interpret(EmulatorVcpu c, Block b, int k) => c.InterpretEntry(b, k);
+    }
+
+    private void InterpretEntry(Block b, int k)
+    {
+        ref DInsn d = ref b.D[k];
+        Rip = d.NextIp;
+        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
+        if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
+            Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+    }
+}
