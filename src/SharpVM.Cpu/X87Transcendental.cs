@@ -70,13 +70,13 @@ public sealed unsafe partial class EmulatorVcpu
                     r2 = Float80.One;
                     break;
                 case Iced.Intel.Mnemonic.F2xm1:
-                    r1 = x.IsZero ? x : x.IsInfinity ? (x.Sign ? Float80.One.Negate() : x) : FromHostDouble(Math.Pow(2, dx) - 1, finite, ref c);
+                    r1 = x.IsZero ? x : x.IsInfinity ? (x.Sign ? Float80.One.Negate() : x) : FromHostDouble(ExpM1(dx * Math.Log(2)), finite, ref c);
                     break;
                 case Iced.Intel.Mnemonic.Fpatan: r1 = FromHostDouble(Math.Atan2(dy, dx), true, ref c); break;
                 case Iced.Intel.Mnemonic.Fyl2x:
                     r1 = FromHostDouble(x.Sign && !x.IsZero ? double.NaN : dy * Math.Log2(dx), finite, ref c);
                     break;
-                default: r1 = FromHostDouble(dy * Math.Log2(1 + dx), finite, ref c); break;
+                default: r1 = FromHostDouble(dy * Log1P(dx) / Math.Log(2), finite, ref c); break;
             }
         }
         if (binary)
@@ -92,7 +92,24 @@ public sealed unsafe partial class EmulatorVcpu
         }
         else SetSt(0, r1);
         FpuFinish(ref c);
-        Fsw &= unchecked((ushort)~FswC2);
+        // The trigonometric ones report a complete argument reduction; the others leave C2 alone.
+        if (op is Iced.Intel.Mnemonic.Fsin or Iced.Intel.Mnemonic.Fcos or Iced.Intel.Mnemonic.Fsincos or Iced.Intel.Mnemonic.Fptan)
+            Fsw &= unchecked((ushort)~FswC2);
+    }
+
+    /// <summary>e^y − 1 without the cancellation of Exp(y) − 1 near 0 (through tanh(y/2), accurate for small y).</summary>
+    private static double ExpM1(double y)
+    {
+        if (Math.Abs(y) > 0.5) return Math.Exp(y) - 1;
+        double t = Math.Tanh(y / 2);
+        return 2 * t / (1 - t);
+    }
+
+    /// <summary>ln(1 + x) without the cancellation of Log(1 + x) near 0 (Goldberg's correction).</summary>
+    private static double Log1P(double x)
+    {
+        double u = 1 + x;
+        return u == 1 ? x : Math.Log(u) * x / (u - 1);
     }
 
     // ---------- packed BCD (FBLD/FBSTP) ----------
