@@ -157,7 +157,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Fnstcw: CheckFpu(); Write(MemAddr(ref i), 2, Fcw); return true;
             case Mnemonic.Fldcw:
                 FpuWaitCheck();
-                Fcw = (ushort)Read(MemAddr(ref i), 2);
+                LoadControlWord((ushort)Read(MemAddr(ref i), 2));
                 UpdateErrorSummary();
                 return true;
             case Mnemonic.Fstsw: FpuWaitCheck(); StoreStatusWord(ref i); return true;
@@ -240,6 +240,9 @@ public sealed unsafe partial class EmulatorVcpu
         }
     }
 
+    /// <summary>The reserved control-word bits read back fixed, as on the host CPU: bit 6 as 1, bits 7 and 13-15 as 0.</summary>
+    private void LoadControlWord(ushort cw) => Fcw = (ushort)((cw & 0x1F3F) | 0x40);
+
     private void FpuInit()
     {
         Fcw = 0x37F;
@@ -280,7 +283,7 @@ public sealed unsafe partial class EmulatorVcpu
     {
         int step = small ? 2 : 4;
         ushort cw = (ushort)Read(la, 2), sw = (ushort)Read(la + (ulong)step, 2), tag = (ushort)Read(la + (ulong)(2 * step), 2);
-        Fcw = cw;
+        LoadControlWord(cw);
         Fsw = sw;
         byte abridged = 0;
         for (int p = 0; p < 8; p++) if (((tag >> (2 * p)) & 3) != 3) abridged |= (byte)(1 << p);

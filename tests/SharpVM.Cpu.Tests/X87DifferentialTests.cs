@@ -32,7 +32,7 @@ public sealed class X87DifferentialTests(ITestOutputHelper output)
         Mnemonic.Fxam, Mnemonic.Fcmovb, Mnemonic.Fcmove, Mnemonic.Fcmovbe, Mnemonic.Fcmovu, Mnemonic.Fcmovnb, Mnemonic.Fcmovne,
         Mnemonic.Fcmovnbe, Mnemonic.Fcmovnu, Mnemonic.Ffree, Mnemonic.Ffreep, Mnemonic.Fincstp, Mnemonic.Fdecstp, Mnemonic.Fnop,
         Mnemonic.Wait, Mnemonic.Fnstsw, Mnemonic.Fstsw, Mnemonic.Fnstcw, Mnemonic.Fstcw, Mnemonic.Fnclex, Mnemonic.Fninit,
-        Mnemonic.Fnstenv, Mnemonic.Fnsave,
+        Mnemonic.Fnstenv, Mnemonic.Fnsave, Mnemonic.Fldcw, Mnemonic.Fldenv, Mnemonic.Frstor,
     ];
 
     private static readonly Mnemonic[] MmxMnemonics =
