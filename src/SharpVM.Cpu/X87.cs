@@ -58,8 +58,10 @@ public sealed unsafe partial class EmulatorVcpu
 
     private static void StackOverflow(ref X87Context c, out Float80 v)
     {
+        // C1 = 1 for an overflow, unless the same instruction already underflowed (FLD ST(i) from an
+        // empty register onto a full one): then C1 stays 0, as on the host CPU.
+        if ((c.Flags & X87Flags.StackFault) == 0) c.RoundedUp = true;
         c.Flags |= X87Flags.Invalid | X87Flags.StackFault;
-        c.RoundedUp = true; // C1 = 1: overflow
         v = Float80.Indefinite;
     }
 
@@ -333,9 +335,9 @@ public sealed unsafe partial class EmulatorVcpu
         // The conversion's exceptions (DE, IE for an SNaN) are dropped when the push overflows the stack.
         var conversion = FpuContext(false);
         if (i.Op0Kind == OpKind.Memory) v = ReadFpMemory(ref i, true, ref conversion);
-        else ReadSt(StIndex(i.Op0Register), out v, ref conversion);
+        else ReadSt(StIndex(i.Op0Register), out v, ref c);
         FpuPush(v, ref c);
-        if ((c.Flags & X87Flags.StackFault) == 0) c = conversion;
+        if ((c.Flags & X87Flags.StackFault) == 0) c.Flags |= conversion.Flags;
         FpuFinish(ref c);
     }
 
@@ -361,9 +363,10 @@ public sealed unsafe partial class EmulatorVcpu
         if (i.Op0Kind == OpKind.Register)
         {
             int dst = StIndex(i.Op0Register);
-            // The reserved FSTP1 encoding (D9 D8+i) copies an empty ST(0) as empty, with no stack fault;
-            // the others take the stack-underflow response (the destination gets the indefinite).
-            if (i.Mnemonic == Mnemonic.Fstpnce && StEmpty(0)) Ftw &= (byte)~(1 << FpuPhysical(dst));
+            // The reserved FSTP1 encoding (D9 D8+i) with an empty ST(0) leaves the destination alone, with
+            // no stack fault (as the host does); the others take the stack-underflow response (the
+            // destination gets the indefinite).
+            if (i.Mnemonic == Mnemonic.Fstpnce && StEmpty(0)) { }
             else
             {
                 ReadSt(0, out var v, ref c);

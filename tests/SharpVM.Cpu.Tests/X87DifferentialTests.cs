@@ -430,6 +430,60 @@ public sealed class X87DifferentialTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// Random sequences of 2-6 x87 and MMX instructions (so TOP wraps, pushes meet pops, condition codes
+    /// and flags left by one instruction meet the next, and code moves between x87 and MMX and back
+    /// through EMMS), from the same random FXRSTOR image on both sides.
+    /// </summary>
+    [Fact]
+    public void X87AndMmxSequencesMatchTheHostCpu()
+    {
+        if (!NativeCpu.TryInit(out string? err)) Assert.Fail($"the native test harness is unavailable: {err}");
+        var (scale, seedOffset) = Soak();
+        // Not here: the loads of control words (a random one could unmask an exception, and the next waiting
+        // instruction would raise SIGFPE in the test process), the environment stores (pointer fields at
+        // varying places) and MASKMOVQ (its RDI belongs to the first instruction's registers).
+        var x87 = EnumerateForms(X87Mnemonics, false).Where(f => f.Code.ToOpCode().Mnemonic is not (Mnemonic.Fnsave or Mnemonic.Fnstenv
+            or Mnemonic.Frstor or Mnemonic.Fldenv or Mnemonic.Fldcw)).ToList();
+        var mmx = EnumerateForms(MmxMnemonics, true).Where(f => f.Code.ToOpCode().Mnemonic != Mnemonic.Maskmovq).ToList();
+        using var g = new TestGuest();
+        var rng = new Random(1987 + seedOffset);
+        int cases = 0, mismatches = 0;
+        var report = new StringBuilder();
+        for (int t = 0; t < 1500 * scale && mismatches < 20; t++)
+        {
+            int n = rng.Next(2, 7);
+            bool withMmx = rng.Next(4) == 0;
+            var parts = new List<Case>();
+            while (parts.Count < n)
+            {
+                var pool = withMmx && rng.Next(3) == 0 ? mmx : x87;
+                var c = Build(pool[rng.Next(pool.Count)], rng, false);
+                if (c is not null) parts.Add(c);
+            }
+            var first = parts[0];
+            var seq = new Case { Regs = first.Regs, Flags = first.Flags, Data = first.Data, Ignore = [.. first.Ignore] };
+            var body = new List<byte>();
+            foreach (var p in parts)
+            {
+                // Each part's instruction bytes sit between its FXRSTOR (9 bytes) and FXSAVE/FNINIT (11 bytes).
+                body.AddRange(p.Code[9..^11]);
+                if (p != first) Array.Copy(p.Data, 0x7C0, seq.Data, 0x7C0, 0x90); // its memory operand's edge value
+            }
+            seq.Code = [.. FxInstruction(1, FxIn), .. body, .. FxInstruction(0, FxOut), 0xDB, 0xE3];
+            var emu = RunEmulator(g, seq);
+            var host = RunNative(seq);
+            cases++;
+            string d = Describe(seq, emu, host);
+            if (d.Length == 0) continue;
+            mismatches++;
+            report.AppendLine($"{string.Join(" ; ", parts.Select(p => p.Ins.ToString()))} bytes {Convert.ToHexString(seq.Code)}: {d}");
+        }
+        output.WriteLine($"x87/MMX sequences: {cases} compared with the host, {mismatches} mismatches");
+        Console.WriteLine($"[SharpVM.Cpu x87/MMX sequences] cases: {cases}; mismatches: {mismatches}");
+        Assert.True(mismatches == 0, report.ToString());
+    }
+
+    /// <summary>
     /// SHARPVM_X87_SOAK=n multiplies the cases per form and picks a fresh seed (printed), for a longer
     /// search than the suite's fixed run.
     /// </summary>
