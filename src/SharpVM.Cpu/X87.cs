@@ -571,11 +571,9 @@ public sealed unsafe partial class EmulatorVcpu
         else okB = ReadSt(1, out b, ref c);
         bool okA = ReadSt(0, out var a, ref c);
         var order = okA && okB ? Float80Math.Compare(a, b, quiet, ref c) : Float80Math.Order.Unordered;
-        bool gt = order == Float80Math.Order.Greater;
         bool lt = order == Float80Math.Order.Less, eq = order == Float80Math.Order.Equal, un = order == Float80Math.Order.Unordered;
         for (int k = 0; k < pops; k++) FpuPop();
         FpuFinish(ref c, setC1: !eflags || (c.Flags & X87Flags.StackFault) != 0); // FCOMI leaves C1 alone unless the stack faults
-        _ = gt;
         if (eflags)
         {
             ulong f = (eq || un ? Flags.ZF : 0) | (un ? Flags.PF : 0) | (lt || un ? Flags.CF : 0);
