@@ -145,4 +145,35 @@ public sealed class X87StateTests
         Assert.Equal(0x0372u, g.R32(Data + 44) & 0xFFFF);  // FLDENV brought the saved word back
         Assert.Equal(0x80, g.Cpu.Ftw);
     }
+
+    /// <summary>The WAIT-prefixed forms (FSTCW, FSTSW, FSTENV, FINIT, FCLEX) run as WAIT plus the FN* instruction.</summary>
+    [Fact]
+    public void WaitingFormsOfTheControlInstructions()
+    {
+        using var g = new TestGuest();
+        var exit = Run(g, a =>
+        {
+            a.fninit();
+            a.fld1();
+            a.fldz();
+            a.fdivp(st1, st0);                    // ZE (masked)
+            a.db(0x9B, 0xD9, 0x3B);               // FSTCW [rbx]
+            a.db(0x9B, 0xDF, 0xE0);               // FSTSW AX
+            a.mov(__word_ptr[rbx + 2], ax);
+            a.db(0x9B, 0xD9, 0x73, 0x10);         // FSTENV [rbx+16]
+            a.db(0x9B, 0xDB, 0xE2);               // FCLEX
+            a.db(0x9B, 0xDF, 0xE0);
+            a.mov(__word_ptr[rbx + 4], ax);
+            a.db(0x9B, 0xDB, 0xE3);               // FINIT
+            a.db(0x9B, 0xDF, 0xE0);
+            a.mov(__word_ptr[rbx + 6], ax);
+        });
+        Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+        Assert.Null(g.Vector);
+        Assert.Equal(0x037Fu, g.R32(Data) & 0xFFFF);
+        Assert.Equal(0x3804u, g.R32(Data + 2) & 0xFFFF);       // TOP = 7, ZE
+        Assert.Equal(0x3804u, g.R32(Data + 16 + 4) & 0xFFFF);  // the environment's status word
+        Assert.Equal(0x3800u, g.R32(Data + 4) & 0xFFFF);       // FCLEX cleared the flags, not TOP
+        Assert.Equal(0u, g.R32(Data + 6) & 0xFFFF);            // FINIT
+    }
 }
