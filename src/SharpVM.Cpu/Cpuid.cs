@@ -11,7 +11,8 @@ public static class EmulatorCpuid
     /// <summary>The crystal/core/bus clock advertised in leaves 0x15, 0x16 and 0x40000010 (Hz): the LAPIC timer should count at this rate.</summary>
     public const ulong BusHz = 1_000_000_000;
 
-    // Leaf 1 EDX: FPU, PSE, TSC, MSR, PAE, CX8, APIC, PGE, CMOV, PAT, CLFSH, MMX, FXSR, SSE, SSE2.
+    // Leaf 1 EDX: FPU, PSE, TSC, MSR, PAE, CX8, APIC, PGE, CMOV, PAT, CLFSH, MMX, FXSR, SSE, SSE2. The x87 (FPU, with
+    // FCMOVcc/FCOMI under CMOV) is X87.cs on exact 80-bit software arithmetic (Float80.cs); MMX is Mmx.cs.
     public const uint Leaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |
                                  (1u << 13) | (1u << 15) | (1u << 16) | (1u << 19) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
     // Leaf 1 ECX: CX16, MOVBE, POPCNT, hypervisor.

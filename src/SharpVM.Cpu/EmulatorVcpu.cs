@@ -55,8 +55,11 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     internal readonly ulong[] Xmm = new ulong[32];
     internal uint Mxcsr = 0x1F80;
     internal ushort Fcw = 0x37F, Fsw;
+    /// <summary>The abridged tag byte (FXSAVE's): bit k set when physical register k holds a value.</summary>
     internal byte Ftw;
-    internal readonly byte[] FpuRegs = new byte[80];
+    /// <summary>x87 physical registers R0-R7 (MMX registers MM0-MM7 alias their significands).</summary>
+    internal readonly ulong[] FpuSignificand = new ulong[8];
+    internal readonly ushort[] FpuSignExponent = new ushort[8];
 
     // Mode, cached from the above by UpdateMode().
     internal int Cpl;

@@ -94,60 +94,14 @@ public sealed unsafe partial class EmulatorVcpu
     private void ExecSse(ref Instruction i)
     {
         var mn = i.Mnemonic;
+        if (TryExecX87(ref i)) return;
+        if (IsMmx(ref i) || IsMmxConversion(mn)) { ExecMmx(ref i); return; }
         switch (mn)
         {
-            case Mnemonic.Fninit:
-                CheckFpu();
-                Fcw = 0x37F; Fsw = 0; Ftw = 0;
-                return;
-            case Mnemonic.Fnstcw:
-                CheckFpu();
-                Write(MemAddr(ref i), 2, Fcw);
-                return;
-            case Mnemonic.Fldcw:
-                CheckFpu();
-                Fcw = (ushort)Read(MemAddr(ref i), 2);
-                return;
-            case Mnemonic.Fnstsw:
-                CheckFpu();
-                if (i.Op0Kind == OpKind.Register) SetGpr(0, 2, Fsw);
-                else Write(MemAddr(ref i), 2, Fsw);
-                return;
-            case Mnemonic.Fnstenv:
-            {
-                // 32/64-bit protected-mode layout (28 bytes); instruction/operand pointers are not tracked.
-                CheckFpu();
-                ulong la = MemAddr(ref i);
-                Read(la + 27, 1, NeedW);
-                ushort tag = 0;
-                for (int k = 0; k < 8; k++) if (((Ftw >> k) & 1) == 0) tag |= (ushort)(3 << (2 * k));
-                Write(la, 4, Fcw); Write(la + 4, 4, Fsw); Write(la + 8, 4, tag);
-                for (ulong o = 12; o < 28; o += 4) Write(la + o, 4, 0);
-                Fcw |= 0x3F; // FNSTENV masks all exceptions
-                return;
-            }
-            case Mnemonic.Fldenv:
-            {
-                CheckFpu();
-                ulong la = MemAddr(ref i);
-                Fcw = (ushort)Read(la, 2);
-                Fsw = (ushort)Read(la + 4, 2);
-                uint tag = (uint)Read(la + 8, 2);
-                byte abridged = 0;
-                for (int k = 0; k < 8; k++) if (((tag >> (2 * k)) & 3) != 3) abridged |= (byte)(1 << k);
-                Ftw = abridged;
-                return;
-            }
-            case Mnemonic.Fnclex:
-                CheckFpu();
-                Fsw &= 0x7F00;
-                return;
-            case Mnemonic.Wait:
-                if ((Cr0 & (Cr0Mp | Cr0Ts)) == (Cr0Mp | Cr0Ts)) throw Fault(7);
-                return;
             case Mnemonic.Emms:
-                CheckFpu();
+                CheckMmx();
                 Ftw = 0;
+                SetFpuTop(0); // as the host CPU does (the SDM only mentions the tags)
                 return;
             case Mnemonic.Fxsave:
             case Mnemonic.Fxsave64:
@@ -176,8 +130,7 @@ public sealed unsafe partial class EmulatorVcpu
                 return;
         }
 
-        bool known = IsSseMnemonic(mn);
-        if (!known || IsMmx(ref i))
+        if (!IsSseMnemonic(mn))
             throw new CpuUnimplemented($"unimplemented instruction {i.Code} ({i})");
         CheckSse();
         ExecSseOp(ref i, mn);
@@ -360,65 +313,14 @@ public sealed unsafe partial class EmulatorVcpu
             or Mnemonic.Sqrtss or Mnemonic.Cvtsd2ss or Mnemonic.Cvtss2sd or Mnemonic.Cmpss or Mnemonic.Cmpsd or Mnemonic.Cvtdq2pd or Mnemonic.Cvtps2pd);
         var x1 = i.OpCount > 1 ? VecSrc(ref i, 1, alignedSrc) : default;
         byte imm = i.OpCount > 2 ? i.Immediate8 : (byte)0;
+        if (PackedInteger.TryCompute(mn, x0, x1, i.Op1Kind == OpKind.Immediate8 ? Vector128.Create((ulong)i.Immediate8, 0UL) : x1.AsUInt64(), out var packed))
+        {
+            SetXmm(dst, packed);
+            return;
+        }
         Vector128<byte> r;
         switch (mn)
         {
-            case Mnemonic.Pxor: case Mnemonic.Xorps: case Mnemonic.Xorpd: r = x0 ^ x1; break;
-            case Mnemonic.Por: case Mnemonic.Orps: case Mnemonic.Orpd: r = x0 | x1; break;
-            case Mnemonic.Pand: case Mnemonic.Andps: case Mnemonic.Andpd: r = x0 & x1; break;
-            case Mnemonic.Pandn: case Mnemonic.Andnps: case Mnemonic.Andnpd: r = Sse2.AndNot(x0, x1); break;
-            case Mnemonic.Paddb: r = Sse2.Add(x0, x1); break;
-            case Mnemonic.Paddw: r = Sse2.Add(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Paddd: r = Sse2.Add(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Paddq: r = Sse2.Add(x0.AsUInt64(), x1.AsUInt64()).AsByte(); break;
-            case Mnemonic.Psubb: r = Sse2.Subtract(x0, x1); break;
-            case Mnemonic.Psubw: r = Sse2.Subtract(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Psubd: r = Sse2.Subtract(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Psubq: r = Sse2.Subtract(x0.AsUInt64(), x1.AsUInt64()).AsByte(); break;
-            case Mnemonic.Pcmpeqb: r = Sse2.CompareEqual(x0, x1); break;
-            case Mnemonic.Pcmpeqw: r = Sse2.CompareEqual(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Pcmpeqd: r = Sse2.CompareEqual(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Pcmpgtb: r = Sse2.CompareGreaterThan(x0.AsSByte(), x1.AsSByte()).AsByte(); break;
-            case Mnemonic.Pcmpgtw: r = Sse2.CompareGreaterThan(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pcmpgtd: r = Sse2.CompareGreaterThan(x0.AsInt32(), x1.AsInt32()).AsByte(); break;
-            case Mnemonic.Pminub: r = Sse2.Min(x0, x1); break;
-            case Mnemonic.Pmaxub: r = Sse2.Max(x0, x1); break;
-            case Mnemonic.Pminsw: r = Sse2.Min(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pmaxsw: r = Sse2.Max(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Psubusb: r = Sse2.SubtractSaturate(x0, x1); break;
-            case Mnemonic.Psubusw: r = Sse2.SubtractSaturate(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Paddusb: r = Sse2.AddSaturate(x0, x1); break;
-            case Mnemonic.Paddusw: r = Sse2.AddSaturate(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Psubsb: r = Sse2.SubtractSaturate(x0.AsSByte(), x1.AsSByte()).AsByte(); break;
-            case Mnemonic.Psubsw: r = Sse2.SubtractSaturate(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Paddsb: r = Sse2.AddSaturate(x0.AsSByte(), x1.AsSByte()).AsByte(); break;
-            case Mnemonic.Paddsw: r = Sse2.AddSaturate(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pmullw: r = Sse2.MultiplyLow(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pmulhw: r = Sse2.MultiplyHigh(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pmulhuw: r = Sse2.MultiplyHigh(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Pmuludq: r = Sse2.Multiply(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Pmaddwd: r = Sse2.MultiplyAddAdjacent(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Pavgb: r = Sse2.Average(x0, x1); break;
-            case Mnemonic.Pavgw: r = Sse2.Average(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Psadbw: r = Sse2.SumAbsoluteDifferences(x0, x1).AsByte(); break;
-            case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:
-            case Mnemonic.Psrlw: case Mnemonic.Psrld: case Mnemonic.Psrlq:
-            case Mnemonic.Psraw: case Mnemonic.Psrad:
-            {
-                var cnt = i.Op1Kind == OpKind.Immediate8 ? Vector128.Create((ulong)i.Immediate8, 0UL) : x1.AsUInt64();
-                r = mn switch
-                {
-                    Mnemonic.Psllw => Sse2.ShiftLeftLogical(x0.AsUInt16(), cnt.AsUInt16()).AsByte(),
-                    Mnemonic.Pslld => Sse2.ShiftLeftLogical(x0.AsUInt32(), cnt.AsUInt32()).AsByte(),
-                    Mnemonic.Psllq => Sse2.ShiftLeftLogical(x0.AsUInt64(), cnt).AsByte(),
-                    Mnemonic.Psrlw => Sse2.ShiftRightLogical(x0.AsUInt16(), cnt.AsUInt16()).AsByte(),
-                    Mnemonic.Psrld => Sse2.ShiftRightLogical(x0.AsUInt32(), cnt.AsUInt32()).AsByte(),
-                    Mnemonic.Psrlq => Sse2.ShiftRightLogical(x0.AsUInt64(), cnt).AsByte(),
-                    Mnemonic.Psraw => Sse2.ShiftRightArithmetic(x0.AsInt16(), cnt.AsInt16()).AsByte(),
-                    _ => Sse2.ShiftRightArithmetic(x0.AsInt32(), cnt.AsInt32()).AsByte(),
-                };
-                break;
-            }
             case Mnemonic.Pslldq:
             case Mnemonic.Psrldq:
             {
@@ -428,17 +330,6 @@ public sealed unsafe partial class EmulatorVcpu
                 r = Vector128.Create((ulong)v, (ulong)(v >> 64)).AsByte();
                 break;
             }
-            case Mnemonic.Punpcklbw: r = Sse2.UnpackLow(x0, x1); break;
-            case Mnemonic.Punpcklwd: r = Sse2.UnpackLow(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Punpckldq: case Mnemonic.Unpcklps: r = Sse2.UnpackLow(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Punpcklqdq: case Mnemonic.Unpcklpd: r = Sse2.UnpackLow(x0.AsUInt64(), x1.AsUInt64()).AsByte(); break;
-            case Mnemonic.Punpckhbw: r = Sse2.UnpackHigh(x0, x1); break;
-            case Mnemonic.Punpckhwd: r = Sse2.UnpackHigh(x0.AsUInt16(), x1.AsUInt16()).AsByte(); break;
-            case Mnemonic.Punpckhdq: case Mnemonic.Unpckhps: r = Sse2.UnpackHigh(x0.AsUInt32(), x1.AsUInt32()).AsByte(); break;
-            case Mnemonic.Punpckhqdq: case Mnemonic.Unpckhpd: r = Sse2.UnpackHigh(x0.AsUInt64(), x1.AsUInt64()).AsByte(); break;
-            case Mnemonic.Packuswb: r = Sse2.PackUnsignedSaturate(x0.AsInt16(), x1.AsInt16()); break;
-            case Mnemonic.Packsswb: r = Sse2.PackSignedSaturate(x0.AsInt16(), x1.AsInt16()).AsByte(); break;
-            case Mnemonic.Packssdw: r = Sse2.PackSignedSaturate(x0.AsInt32(), x1.AsInt32()).AsByte(); break;
             case Mnemonic.Pshufd:
             {
                 var s = x1.AsUInt32();
@@ -602,9 +493,10 @@ public sealed unsafe partial class EmulatorVcpu
         Write(la + 28, 4, 0xFFFF);
         for (int k = 0; k < 8; k++)
         {
-            for (int b = 0; b < 10; b++) Write(la + 32 + (ulong)k * 16 + (ulong)b, 1, FpuRegs[k * 10 + b]);
-            Write(la + 32 + (ulong)k * 16 + 10, 2, 0);
-            Write(la + 32 + (ulong)k * 16 + 12, 4, 0);
+            // Register slots are in stack order: slot k is ST(k).
+            int p = FpuPhysical(k);
+            Write(la + 32 + (ulong)k * 16, 8, FpuSignificand[p]);
+            Write(la + 40 + (ulong)k * 16, 8, FpuSignExponent[p]);
         }
         int nx = Bitness == 64 ? 16 : 8;
         _ = rex;
@@ -620,18 +512,30 @@ public sealed unsafe partial class EmulatorVcpu
         if ((la & 15) != 0) throw GP();
         uint mx = (uint)Read(la + 24, 4);
         if ((mx & ~0xFFFFu) != 0) throw GP();
-        Fcw = (ushort)Read(la, 2);
-        Fsw = (ushort)Read(la + 2, 2);
-        Ftw = (byte)Read(la + 4, 1);
-        Mxcsr = mx;
+        // Read everything before changing anything: a fault leaves the state as it was.
+        ushort cw = (ushort)Read(la, 2), sw = (ushort)Read(la + 2, 2);
+        byte tags = (byte)Read(la + 4, 1);
+        Span<ulong> sig = stackalloc ulong[8];
+        Span<ushort> se = stackalloc ushort[8];
         for (int k = 0; k < 8; k++)
-            for (int b = 0; b < 10; b++) FpuRegs[k * 10 + b] = (byte)Read(la + 32 + (ulong)k * 16 + (ulong)b, 1);
+        {
+            sig[k] = Read(la + 32 + (ulong)k * 16, 8);
+            se[k] = (ushort)Read(la + 40 + (ulong)k * 16, 2);
+        }
         int nx = Bitness == 64 ? 16 : 8;
         _ = rex;
-        for (int k = 0; k < nx; k++)
+        Span<ulong> xmm = stackalloc ulong[32];
+        for (int k = 0; k < 2 * nx; k++) xmm[k] = Read(la + 160 + (ulong)k * 8, 8);
+        Fcw = cw;
+        Fsw = sw;
+        Ftw = tags;
+        Mxcsr = mx;
+        for (int k = 0; k < 8; k++)
         {
-            Xmm[2 * k] = Read(la + 160 + (ulong)k * 16, 8);
-            Xmm[2 * k + 1] = Read(la + 168 + (ulong)k * 16, 8);
+            int p = FpuPhysical(k);
+            FpuSignificand[p] = sig[k];
+            FpuSignExponent[p] = se[k];
         }
+        xmm[..(2 * nx)].CopyTo(Xmm);
     }
 }

@@ -100,7 +100,27 @@ public abstract class LinuxBootFixture
     private readonly Lazy<LinuxGuestBoot.Result> _result;
 
     public const string Command =
-        "echo GUEST-CPUS=$(grep -c ^processor /proc/cpuinfo); echo GUEST-DATE=$(date +%s); echo HELLO-$((6*7)); uname -a";
+        "echo GUEST-CPUS=$(grep -c ^processor /proc/cpuinfo); echo GUEST-DATE=$(date +%s); echo HELLO-$((6*7)); uname -a; " +
+        "printf '" + LongDoubles.Bytes + "' | od -t fL";
+
+    /// <summary>
+    /// Five 80-bit long doubles (π, 1/3, the smallest denormal negated, the largest finite value, −4096) as
+    /// printf octal escapes: busybox <c>od -t fL</c> prints them through glibc's long double printf, which
+    /// runs x87 code (FLD/FSTP m80, FUCOMI, FXAM, FNSTSW) in the guest's user space.
+    /// </summary>
+    public static class LongDoubles
+    {
+        public const string Bytes =
+            @"\065\302\150\041\242\332\017\311\000\100\000\000\000\000\000\000" +
+            @"\253\252\252\252\252\252\252\252\375\077\000\000\000\000\000\000" +
+            @"\001\000\000\000\000\000\000\000\000\200\000\000\000\000\000\000" +
+            @"\377\377\377\377\377\377\377\377\376\177\000\000\000\000\000\000" +
+            @"\000\000\000\000\000\000\000\200\013\300\000\000\000\000\000\000";
+
+        /// <summary>What od prints for them: the correctly rounded 16-digit renderings (LDBL_TRUE_MIN, LDBL_MAX ...).</summary>
+        public static readonly string[] Printed =
+            ["3.141592653589793e+00", "3.333333333333333e-01", "-3.645199531882475e-4951", "1.189731495357232e+4932", "-4.096000000000000e+03"];
+    }
 
     protected LinuxBootFixture(Accelerator accelerator)
     {
@@ -147,6 +167,15 @@ public abstract class LinuxBootTests<TFixture>(TFixture boot) where TFixture : L
         Assert.True(r.Console.Contains("HELLO-42", StringComparison.Ordinal), $"no command output{Environment.NewLine}{r}");
         Assert.True(Regex.IsMatch(r.Console, @"Linux \S+ 6\.1\.\S+ .*x86_64"), $"no uname line{Environment.NewLine}{r}");
         Assert.True(r.Console.Contains("SHARPVM-EXIT-CODE=0", StringComparison.Ordinal), $"no exit code line{Environment.NewLine}{r}");
+    }
+
+    /// <summary>glibc's long double printf (x87 loads, compares and FXAM in the guest) prints what it prints on the host.</summary>
+    [SkippableFact]
+    public void LongDoublesPrintAsOnHardware()
+    {
+        var r = boot.Result;
+        var printed = r.Lines.Select(l => l.Line).Where(l => Regex.IsMatch(l, @"^0{4}[0-7]{3} +\S")).Select(l => l[7..].Trim()).ToList();
+        Assert.True(printed.SequenceEqual(LinuxBootFixture.LongDoubles.Printed), $"od -t fL printed [{string.Join(", ", printed)}]{Environment.NewLine}{r}");
     }
 
     [SkippableFact]
