@@ -169,7 +169,12 @@ internal static class BlockTranslator
                 or FastOp.Jcc or FastOp.IncR64 or FastOp.DecR64 or FastOp.IncR32 or FastOp.DecR32 or FastOp.Jmp or FastOp.Call or FastOp.Ret
                 or FastOp.Push or FastOp.Pop or FastOp.ShiftRI64 or FastOp.MovzxRRWide or FastOp.MovzxRMWide or FastOp.SetccR
                 or FastOp.CmovRR64 or FastOp.CmovRM64 or FastOp.MovsxdRR or FastOp.MovsxdRM or FastOp.AluJccRR64 or FastOp.AluJccRI64
-                or FastOp.AluJccRR32 or FastOp.AluJccRI32 or FastOp.AluJccRM64 or FastOp.Nop => true,
+                or FastOp.AluJccRR32 or FastOp.AluJccRI32 or FastOp.AluJccRM64 or FastOp.Nop
+                or FastOp.MovRR or FastOp.MovRI or FastOp.MovRM or FastOp.MovMR or FastOp.MovMI or FastOp.AluRR or FastOp.AluRI
+                or FastOp.AluRM or FastOp.AluMR or FastOp.AluMI or FastOp.Lea or FastOp.IncR or FastOp.DecR or FastOp.ShiftRI
+                or FastOpExtra.RotRI or FastOp.MovzxRR or FastOp.MovzxRM or FastOp.MovsxRR or FastOp.MovsxRM or FastOp.ImulRR64
+                or FastOp.ImulRM64 or FastOpExtra.ImulRR or FastOpExtra.ImulRM or FastOpExtra.ImulRRI or FastOpExtra.ImulRMI
+                or FastOp.AluJccRR or FastOp.AluJccRI => true,
             _ => false,
         };
 
@@ -239,6 +244,60 @@ internal static class BlockTranslator
                     AluRM64(ref d);
                     FusedBranch(ref d);
                     return true;
+                // Forms of any operand size.
+                case FastOp.MovRR: Cpu(); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.MovRR)); return false;
+                case FastOp.MovRI: Cpu(); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.MovRI)); return false;
+                case FastOp.MovRM: Faults(ref d); Cpu(); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.MovRM)); return false;
+                case FastOp.MovMR: Faults(ref d); Cpu(); I4(d.Src); Bool(d.SrcHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.MovMR)); AfterStore(k); return false;
+                case FastOp.MovMI: Faults(ref d); Cpu(); Linear(ref d); I8(d.Imm); I4(d.Size); Call(nameof(Ops.MovMI)); AfterStore(k); return false;
+                case FastOp.AluRR: AluRRSized(ref d); return false;
+                case FastOp.AluRI: AluRISized(ref d); return false;
+                case FastOp.AluRM: Faults(ref d); Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluRM)); return false;
+                case FastOp.AluMR:
+                    Faults(ref d); Cpu(); I4(d.Alu); I4(d.Src); Bool(d.SrcHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluMR));
+                    if (d.Alu < EmulatorVcpu.OpCmp) AfterStore(k);
+                    return false;
+                case FastOp.AluMI:
+                    Faults(ref d); Cpu(); I4(d.Alu); Linear(ref d); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluMI));
+                    if (d.Alu < EmulatorVcpu.OpCmp) AfterStore(k);
+                    return false;
+                case FastOp.Lea: Cpu(); I4(d.Dst); EffectiveAddress(ref d); I4(d.Size); Call(nameof(Ops.LeaSized)); return false;
+                case FastOp.IncR: case FastOp.DecR:
+                    Cpu(); I4(d.Dst); Bool(d.DstHigh); Bool(d.Op == FastOp.DecR); I4(d.Size); Call(nameof(Ops.IncDecR));
+                    return false;
+                case FastOp.ShiftRI: case FastOpExtra.RotRI:
+                {
+                    var mn = d.Op == FastOpExtra.RotRI ? (d.Alu == 0 ? Iced.Intel.Mnemonic.Rol : Iced.Intel.Mnemonic.Ror)
+                        : d.Alu == 0 ? Iced.Intel.Mnemonic.Shl : d.Alu == 1 ? Iced.Intel.Mnemonic.Shr : Iced.Intel.Mnemonic.Sar;
+                    Cpu(); I4((int)mn); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.ShiftRI));
+                    return false;
+                }
+                case FastOp.MovzxRR: Cpu(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovzxRRSized)); return false;
+                case FastOp.MovzxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovzxRMSized)); return false;
+                case FastOp.MovsxRR: Cpu(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRR)); return false;
+                case FastOp.MovsxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRM)); return false;
+                case FastOp.ImulRR64:
+                    Cpu(); Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.Imul64));
+                    return false;
+                case FastOp.ImulRM64:
+                    Faults(ref d); Cpu(); Regs(); I4(d.Dst); Cpu(); Linear(ref d); Call(nameof(Ops.Load64)); Call(nameof(Ops.Imul64));
+                    return false;
+                case FastOpExtra.ImulRR: case FastOpExtra.ImulRM: case FastOpExtra.ImulRRI: case FastOpExtra.ImulRMI:
+                {
+                    bool memory = d.Op is FastOpExtra.ImulRM or FastOpExtra.ImulRMI;
+                    if (memory) Faults(ref d);
+                    Cpu(); I4(d.Dst);
+                    // First factor: the destination (two operands) or the source (three operands, with an immediate).
+                    if (d.Op == FastOpExtra.ImulRR || d.Op == FastOpExtra.ImulRM) { Cpu(); I4(d.Dst); I4(d.Size); Call(nameof(Ops.RegisterSized)); }
+                    if (d.Op == FastOpExtra.ImulRRI) { Cpu(); I4(d.Src); I4(d.Size); Call(nameof(Ops.RegisterSized)); }
+                    if (memory) { Cpu(); Linear(ref d); I4(d.Size); Call(nameof(Ops.LoadSized)); }
+                    if (d.Op == FastOpExtra.ImulRR) { Cpu(); I4(d.Src); I4(d.Size); Call(nameof(Ops.RegisterSized)); }
+                    if (d.Op is FastOpExtra.ImulRRI or FastOpExtra.ImulRMI) I8(d.Imm);
+                    I4(d.Size); Call(nameof(Ops.Imul));
+                    return false;
+                }
+                case FastOp.AluJccRR: AluRRSized(ref d); FusedBranch(ref d); return true;
+                case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d); return true;
                 default:
                     Faults(ref d);
                     Cpu(); il.Emit(OpCodes.Ldarg_2); I4(k); Call(nameof(Ops.Interpret));
@@ -257,6 +316,10 @@ internal static class BlockTranslator
                     return false;
             }
         }
+
+        private void AluRRSized(ref DInsn d) { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR)); }
+
+        private void AluRISized(ref DInsn d) { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI)); }
 
         private void AluRR(ref DInsn d, string op) { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op); }
 

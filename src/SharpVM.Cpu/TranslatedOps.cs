@@ -41,6 +41,9 @@ public sealed partial class EmulatorVcpu
         [MethodImpl(MethodImplOptions.NoInlining)]
         private static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
 
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static ulong LoadForWrite(EmulatorVcpu c, ulong la, int size) => c.ReadForWrite(la, size);
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovRR64(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = Reg(ref regs, src);
 
@@ -182,6 +185,120 @@ public sealed partial class EmulatorVcpu
             Reg(ref regs, 4) = sp + 8;
             Reg(ref regs, dst) = v;
         }
+
+        // ---- Forms of any operand size (ExecFast / ExecFastExtra cases): the size and the high-byte flags are constants too.
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRR(EmulatorVcpu c, int dst, bool dstHigh, int src, bool srcHigh, int size) =>
+            c.SetR(dst, dstHigh, size, c.GetR(src, srcHigh, size));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRM(EmulatorVcpu c, int dst, bool dstHigh, ulong la, int size) => c.SetR(dst, dstHigh, size, Load(c, la, size));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovMR(EmulatorVcpu c, int src, bool srcHigh, ulong la, int size) => Store(c, la, size, c.GetR(src, srcHigh, size));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovRI(EmulatorVcpu c, int dst, bool dstHigh, ulong imm, int size) => c.SetR(dst, dstHigh, size, imm);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovMI(EmulatorVcpu c, ulong la, ulong imm, int size) => Store(c, la, size, imm);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRR(EmulatorVcpu c, int alu, int dst, bool dstHigh, int src, bool srcHigh, int size)
+        {
+            ulong r = c.Alu(alu, c.GetR(dst, dstHigh, size), c.GetR(src, srcHigh, size), size);
+            if (alu < OpCmp) c.SetR(dst, dstHigh, size, r);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRI(EmulatorVcpu c, int alu, int dst, bool dstHigh, ulong imm, int size)
+        {
+            ulong r = c.Alu(alu, c.GetR(dst, dstHigh, size), imm, size);
+            if (alu < OpCmp) c.SetR(dst, dstHigh, size, r);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluRM(EmulatorVcpu c, int alu, int dst, bool dstHigh, ulong la, int size)
+        {
+            ulong r = c.Alu(alu, c.GetR(dst, dstHigh, size), Load(c, la, size), size);
+            if (alu < OpCmp) c.SetR(dst, dstHigh, size, r);
+        }
+
+        /// <summary>ALU with a memory destination; the read asks for write access when the result is stored (see ReadForWrite).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluMR(EmulatorVcpu c, int alu, int src, bool srcHigh, ulong la, int size)
+        {
+            ulong m = alu < OpCmp ? LoadForWrite(c, la, size) : Load(c, la, size);
+            ulong r = c.Alu(alu, m, c.GetR(src, srcHigh, size), size);
+            if (alu < OpCmp) Store(c, la, size, r);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluMI(EmulatorVcpu c, int alu, ulong la, ulong imm, int size)
+        {
+            ulong m = alu < OpCmp ? LoadForWrite(c, la, size) : Load(c, la, size);
+            ulong r = c.Alu(alu, m, imm, size);
+            if (alu < OpCmp) Store(c, la, size, r);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void LeaSized(EmulatorVcpu c, int dst, ulong ea, int size) => c.SetR(dst, false, size, ea);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void IncDecR(EmulatorVcpu c, int dst, bool dstHigh, bool dec, int size) =>
+            c.SetR(dst, dstHigh, size, c.IncDec(c.GetR(dst, dstHigh, size), size, dec));
+
+        /// <summary>Shifts and rotates of a register by an immediate (SHL/SHR/SAR/ROL/ROR); a masked count of 0 changes nothing but still zero-extends a 32-bit register.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ShiftRI(EmulatorVcpu c, int mnemonic, int dst, bool dstHigh, ulong imm, int size)
+        {
+            ulong count = imm & (size == 8 ? 63u : 31u);
+            ulong res = c.Shift((Mnemonic)mnemonic, c.GetR(dst, dstHigh, size), imm, size);
+            if (count != 0 || size == 4) c.SetR(dst, dstHigh, size, res);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovsxRR(EmulatorVcpu c, int dst, int src, bool srcHigh, int fromSize, int size) =>
+            c.SetR(dst, false, size, (ulong)Bits.SignExtend(c.GetR(src, srcHigh, fromSize), fromSize));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovsxRM(EmulatorVcpu c, int dst, ulong la, int fromSize, int size) =>
+            c.SetR(dst, false, size, (ulong)Bits.SignExtend(Load(c, la, fromSize), fromSize));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovzxRRSized(EmulatorVcpu c, int dst, int src, bool srcHigh, int fromSize, int size) =>
+            c.SetR(dst, false, size, c.GetR(src, srcHigh, fromSize));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void MovzxRMSized(EmulatorVcpu c, int dst, ulong la, int fromSize, int size) => c.SetR(dst, false, size, Load(c, la, fromSize));
+
+        /// <summary>64-bit two-operand IMUL: the signed high half from the unsigned product (as ExecFast does).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Imul64(EmulatorVcpu c, ref ulong regs, int dst, ulong b)
+        {
+            ulong a = Reg(ref regs, dst);
+            ulong hu = Math.BigMul(a, b, out ulong l);
+            ulong h = hu - ((ulong)((long)a >> 63) & b) - ((ulong)((long)b >> 63) & a);
+            c.SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
+            Reg(ref regs, dst) = l;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong Register64(ref ulong regs, int idx) => Reg(ref regs, idx);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong Load64(EmulatorVcpu c, ulong la) => Load(c, la, 8);
+
+        /// <summary>IMUL r, r/m (and r, r/m, imm) of 16/32/64 bits through the interpreter's Imul2.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Imul(EmulatorVcpu c, int dst, ulong a, ulong b, int size) => c.SetR(dst, false, size, c.Imul2(a, b, size));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong RegisterSized(EmulatorVcpu c, int idx, int size) => c.GetR(idx, false, size);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong LoadSized(EmulatorVcpu c, ulong la, int size) => Load(c, la, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static bool Condition(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
