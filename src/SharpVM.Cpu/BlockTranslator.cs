@@ -216,7 +216,7 @@ internal static class BlockTranslator
                 case FastOp.Push: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Push64)); AfterStore(k); return false;
                 case FastOp.Pop: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Pop64)); return false;
                 case FastOp.Jcc:
-                    Cpu(); I4(d.Alu); Call(nameof(Ops.Condition));
+                    Condition(d.Alu);
                     Branch(d.Imm, d.NextIp);
                     return true;
                 case FastOp.Jmp:
@@ -331,7 +331,7 @@ internal static class BlockTranslator
 
         private void FusedBranch(ref DInsn d)
         {
-            Cpu(); I4(d.Cc); Call(nameof(Ops.Condition));
+            Condition(d.Cc);
             Branch(d.Target, d.JccNext);
         }
 
@@ -371,6 +371,15 @@ internal static class BlockTranslator
 
         /// <summary>Before an instruction that can fault: a fault is then delivered at it, and it and the rest of the block un-counted.</summary>
         private void Faults(ref DInsn d) { Cpu(); I8(d.Ip); Call(nameof(Ops.SetFaultRip)); }
+
+        /// <summary>Pushes whether condition code <paramref name="cc"/> holds.</summary>
+        private void Condition(int cc)
+        {
+            string method = Ops.ConditionMethod(cc);
+            Cpu();
+            if (method == nameof(Ops.Condition)) I4(cc);
+            Call(method);
+        }
 
         private void SetRip(ulong rip) { Cpu(); I8(rip); Call(nameof(Ops.SetRip)); }
 

@@ -147,19 +147,19 @@ public sealed partial class EmulatorVcpu
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void SetccR(EmulatorVcpu c, int dst, bool dstHigh, int cc) =>
-            c.SetR(dst, dstHigh, 1, c.Cond((ConditionCode)cc) ? 1UL : 0);
+            c.SetR(dst, dstHigh, 1, Condition(c, cc) ? 1UL : 0);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void CmovRR64(EmulatorVcpu c, ref ulong regs, int cc, int dst, int src)
         {
-            if (c.Cond((ConditionCode)cc)) Reg(ref regs, dst) = Reg(ref regs, src);
+            if (Condition(c, cc)) Reg(ref regs, dst) = Reg(ref regs, src);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void CmovRM64(EmulatorVcpu c, ref ulong regs, int cc, int dst, ulong la)
         {
             ulong v = Load(c, la, 8); // read whatever the condition (it may fault), as on hardware
-            if (c.Cond((ConditionCode)cc)) Reg(ref regs, dst) = v;
+            if (Condition(c, cc)) Reg(ref regs, dst) = v;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -300,8 +300,66 @@ public sealed partial class EmulatorVcpu
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static ulong LoadSized(EmulatorVcpu c, ulong la, int size) => Load(c, la, size);
 
+        /// <summary>
+        /// Jcc/SETcc/CMOVcc's condition. The translator calls the small per-condition method for the code (ZF from any
+        /// lazy result; the unsigned and signed orders straight from a lazy CMP/SUB) and everything else goes through
+        /// <see cref="Cond"/> out of line: inlining Cond itself, a large method, cost ~170 us of JIT time per branch.
+        /// </summary>
+        public static string ConditionMethod(int cc) => (ConditionCode)cc switch
+        {
+            ConditionCode.e => nameof(IsEqual),
+            ConditionCode.ne => nameof(IsNotEqual),
+            ConditionCode.b => nameof(IsBelow),
+            ConditionCode.ae => nameof(IsAboveOrEqual),
+            ConditionCode.be => nameof(IsBelowOrEqual),
+            ConditionCode.a => nameof(IsAbove),
+            ConditionCode.l => nameof(IsLess),
+            ConditionCode.ge => nameof(IsGreaterOrEqual),
+            ConditionCode.le => nameof(IsLessOrEqual),
+            ConditionCode.g => nameof(IsGreater),
+            _ => nameof(Condition),
+        };
+
+        // Every lazy state keeps its result masked to its size (for LazySub a - b: zero exactly when a == b).
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static bool Condition(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
+        public static bool IsEqual(EmulatorVcpu c) => c._lazyOp != LazyNone ? c._lazyR == 0 : ConditionOutOfLine(c, (int)ConditionCode.e);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsNotEqual(EmulatorVcpu c) => c._lazyOp != LazyNone ? c._lazyR != 0 : ConditionOutOfLine(c, (int)ConditionCode.ne);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsBelow(EmulatorVcpu c) => c._lazyOp == LazySub ? c._lazyA < c._lazyB : ConditionOutOfLine(c, (int)ConditionCode.b);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsAboveOrEqual(EmulatorVcpu c) => c._lazyOp == LazySub ? c._lazyA >= c._lazyB : ConditionOutOfLine(c, (int)ConditionCode.ae);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsBelowOrEqual(EmulatorVcpu c) => c._lazyOp == LazySub ? c._lazyA <= c._lazyB : ConditionOutOfLine(c, (int)ConditionCode.be);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsAbove(EmulatorVcpu c) => c._lazyOp == LazySub ? c._lazyA > c._lazyB : ConditionOutOfLine(c, (int)ConditionCode.a);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsLess(EmulatorVcpu c) => c._lazyOp == LazySub
+            ? Bits.SignExtend(c._lazyA, c._lazySz) < Bits.SignExtend(c._lazyB, c._lazySz) : ConditionOutOfLine(c, (int)ConditionCode.l);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsGreaterOrEqual(EmulatorVcpu c) => c._lazyOp == LazySub
+            ? Bits.SignExtend(c._lazyA, c._lazySz) >= Bits.SignExtend(c._lazyB, c._lazySz) : ConditionOutOfLine(c, (int)ConditionCode.ge);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsLessOrEqual(EmulatorVcpu c) => c._lazyOp == LazySub
+            ? Bits.SignExtend(c._lazyA, c._lazySz) <= Bits.SignExtend(c._lazyB, c._lazySz) : ConditionOutOfLine(c, (int)ConditionCode.le);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static bool IsGreater(EmulatorVcpu c) => c._lazyOp == LazySub
+            ? Bits.SignExtend(c._lazyA, c._lazySz) > Bits.SignExtend(c._lazyB, c._lazySz) : ConditionOutOfLine(c, (int)ConditionCode.g);
+
+        /// <summary>Any other condition (O, S, P and their negations), or one of the above used from C#.</summary>
+        public static bool Condition(EmulatorVcpu c, int cc) => ConditionOutOfLine(c, cc);
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static bool ConditionOutOfLine(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void SetRip(EmulatorVcpu c, ulong rip) => c.Rip = rip;
