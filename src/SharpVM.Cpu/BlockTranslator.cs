@@ -9,9 +9,10 @@ namespace SharpVM.Cpu;
 /// <summary>
 /// Translated code for one block: runs the block's instructions with <paramref name="regs"/> the vCPU's register
 /// file. Called with a null vCPU it returns at once (the translator calls it so to have it JIT-compiled on its own
-/// thread rather than on the vCPU's).
+/// thread rather than on the vCPU's). The delegate is closed over its <see cref="Block"/> (the method's first
+/// parameter), which spares each call the shuffle thunk of a delegate to a static method.
 /// </summary>
-internal delegate void TranslatedBlock(EmulatorVcpu? cpu, ref ulong regs, Block block);
+internal delegate void TranslatedBlock(EmulatorVcpu? cpu, ref ulong regs);
 
 /// <summary>
 /// The emulator's translator: turns a hot decoded block into IL (a <see cref="DynamicMethod"/>) that the .NET
@@ -38,13 +39,14 @@ internal static class BlockTranslator
     private static readonly Lock s_startLock = new();
     private static long s_translated, s_failed, s_ticks;
     private static string? s_lastError;
+    private static readonly HashSet<(ulong, ulong)> s_seen = [];
 
     static BlockTranslator()
     {
         // Diagnostics: SHARPVM_TRANSLATE_STATS=1 prints what the translator did when the process exits.
         if (Environment.GetEnvironmentVariable("SHARPVM_TRANSLATE_STATS") is { Length: > 0 })
             AppDomain.CurrentDomain.ProcessExit += (_, _) => Console.Error.WriteLine(
-                $"translator: {BlocksTranslated} blocks translated in {TranslationTime.TotalSeconds:F2} s, {BlocksFailed} failed" +
+                $"translator: {BlocksTranslated} blocks translated ({s_seen.Count} distinct) in {TranslationTime.TotalSeconds:F2} s, {BlocksFailed} failed" +
                 (LastError is null ? "" : $" (last: {LastError})"));
     }
 
@@ -91,9 +93,11 @@ internal static class BlockTranslator
         {
             var code = Translate(b);
             ulong dummy = 0;
-            code(null, ref dummy, b); // JIT-compiles it here
+            code(null, ref dummy); // JIT-compiles it here
             Volatile.Write(ref b.Translated, code);
             Interlocked.Increment(ref s_translated);
+            lock (s_seen) s_seen.Add((b.Rip, b.Phys));
+            Remember(b);
         }
         catch (Exception e)
         {
@@ -105,6 +109,26 @@ internal static class BlockTranslator
         Interlocked.Add(ref s_ticks, Stopwatch.GetTimestamp() - start);
     }
 
+    /// <summary>
+    /// Translated blocks by address, kept after the vCPUs' direct-mapped block caches drop them (a collision, a
+    /// patched neighbour on the page): a block decoded again is looked up here first and, if its bytes still match
+    /// (the caller verifies), reused with its translation instead of being interpreted and translated once more.
+    /// A third of the boot's translations were such repeats. Shared by all vCPUs (a translation keeps no vCPU
+    /// state); cleared when it grows past <see cref="MaxRemembered"/>.
+    /// </summary>
+    private static readonly ConcurrentDictionary<(ulong Rip, ulong Phys, int Bitness), Block> s_byAddress = new();
+    private const int MaxRemembered = 1 << 16;
+
+    private static void Remember(Block b)
+    {
+        if (s_byAddress.Count >= MaxRemembered) s_byAddress.Clear();
+        s_byAddress[(b.Rip, b.Phys, b.Bitness)] = b;
+    }
+
+    /// <summary>A translated block decoded earlier at this address, or null; the caller must check its bytes.</summary>
+    public static Block? FindTranslated(ulong rip, ulong phys, int bitness) =>
+        s_byAddress.TryGetValue((rip, phys, bitness), out var b) ? b : null;
+
     private static readonly Dictionary<string, MethodInfo> s_ops = typeof(Ops)
         .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
 
@@ -114,11 +138,11 @@ internal static class BlockTranslator
     internal static TranslatedBlock Translate(Block b)
     {
         var dm = new DynamicMethod($"guest_block_{b.Rip:x}", typeof(void),
-            [typeof(EmulatorVcpu), typeof(ulong).MakeByRefType(), typeof(Block)], typeof(EmulatorVcpu).Module, skipVisibility: true);
+            [typeof(Block), typeof(EmulatorVcpu), typeof(ulong).MakeByRefType()], typeof(EmulatorVcpu).Module, skipVisibility: true);
         var il = dm.GetILGenerator();
         var e = new Emitter(il, b);
         e.EmitBlock();
-        return dm.CreateDelegate<TranslatedBlock>();
+        return (TranslatedBlock)dm.CreateDelegate(typeof(TranslatedBlock), b);
     }
 
     private sealed class Emitter(ILGenerator il, Block b)
@@ -140,7 +164,7 @@ internal static class BlockTranslator
         public void EmitBlock()
         {
             var body = il.DefineLabel();
-            il.Emit(OpCodes.Ldarg_0);
+            Cpu();
             il.Emit(OpCodes.Brtrue, body);
             il.Emit(OpCodes.Ret);
             il.MarkLabel(body);
@@ -300,7 +324,7 @@ internal static class BlockTranslator
                 case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d); return true;
                 default:
                     Faults(ref d);
-                    Cpu(); il.Emit(OpCodes.Ldarg_2); I4(k); Call(nameof(Ops.Interpret));
+                    Cpu(); il.Emit(OpCodes.Ldarg_0); I4(k); Call(nameof(Ops.Interpret));
                     if (k == _n - 1)
                     {
                         il.Emit(OpCodes.Ret); // it set RIP (the next instruction or a branch target)
@@ -395,8 +419,9 @@ internal static class BlockTranslator
             Call(nameof(Ops.EffectiveAddress));
         }
 
-        private void Cpu() => il.Emit(OpCodes.Ldarg_0);
-        private void Regs() => il.Emit(OpCodes.Ldarg_1);
+        // Arguments: 0 the block (the delegate's target), 1 the vCPU, 2 its register file.
+        private void Cpu() => il.Emit(OpCodes.Ldarg_1);
+        private void Regs() => il.Emit(OpCodes.Ldarg_2);
         private void I4(int v) => il.Emit(OpCodes.Ldc_I4, v);
         private void Bool(bool v) => il.Emit(v ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
         private void I8(ulong v) => il.Emit(OpCodes.Ldc_I8, (long)v);

@@ -217,7 +217,8 @@ public sealed unsafe partial class EmulatorVcpu
         var b = _blocks[slot];
         if (b is null || b.Rip != rip || b.Phys != phys || b.Bitness != Bitness || !Verify(b, host + (phys & 0xFFF), la))
         {
-            b = Decode(rip, la, phys, host);
+            b = _translation.Enabled && BlockTranslator.FindTranslated(rip, phys, Bitness) is { } t && Verify(t, host + (phys & 0xFFF), la)
+                ? t : Decode(rip, la, phys, host);
             _blocks[slot] = b;
         }
         _blockPpn = phys >> 12;
@@ -234,7 +235,7 @@ public sealed unsafe partial class EmulatorVcpu
         {
             InstructionsRetired += b.Count;
             _runningBlock = b;
-            translated(this, ref regs, b);
+            translated(this, ref regs);
             _runningBlock = null;
             _blockPpn = ulong.MaxValue;
             _blockPpn2 = ulong.MaxValue;
