@@ -35,13 +35,16 @@ public sealed partial class EmulatorVcpu
             return (uint)(c.Sregs[seg].Base + ea);
         }
 
-        [MethodImpl(MethodImplOptions.NoInlining)]
+        // Guest memory accesses are calls, not inlined: inlining the TLB fast path into every load and store tripled the
+        // JIT time of a block (~1.3 ms -> ~0.5 ms for six instructions) for ~5% of loop speed. AggressiveOptimization:
+        // translated code binds to these at once, and a tier-0 version would run until tiering caught up.
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         private static ulong Load(EmulatorVcpu c, ulong la, int size) => c.Read(la, size);
 
-        [MethodImpl(MethodImplOptions.NoInlining)]
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         private static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
 
-        [MethodImpl(MethodImplOptions.NoInlining)]
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         private static ulong LoadForWrite(EmulatorVcpu c, ulong la, int size) => c.ReadForWrite(la, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -358,7 +361,7 @@ public sealed partial class EmulatorVcpu
         /// <summary>Any other condition (O, S, P and their negations), or one of the above used from C#.</summary>
         public static bool Condition(EmulatorVcpu c, int cc) => ConditionOutOfLine(c, cc);
 
-        [MethodImpl(MethodImplOptions.NoInlining)]
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         private static bool ConditionOutOfLine(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -408,7 +411,7 @@ public sealed partial class EmulatorVcpu
         }
 
         /// <summary>An instruction the translator has no template for: run it as the interpreter's block loop would.</summary>
-        [MethodImpl(MethodImplOptions.NoInlining)]
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         public static void Interpret(EmulatorVcpu c, Block b, int k) => c.InterpretEntry(b, k);
     }
 
