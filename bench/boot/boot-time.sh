@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Boot to init, side by side: SharpVM's emulated CPU (with the kernel decompressed on the host, and
-# with the guest decompressing itself) and QEMU TCG (-M pc and -M microvm), on the same kernel,
+# Boot to init, side by side: SharpVM's emulated CPU (with the kernel decompressed on the host, the same
+# with the block translator off, and with the guest decompressing itself) and QEMU TCG (-M pc and -M microvm), on the same kernel,
 # initramfs and kernel command line. For every run: wall time from process start to the init's
 # SHARPVM-GUEST-READY line ("marker") and to the end (the guest powers off after `uname -a`), and the
 # process's peak RSS (wait4's ru_maxrss). Prints every run, then medians and ratios to QEMU -M pc.
@@ -37,18 +37,21 @@ python3 - "$RUNS" <<PY
 import os, subprocess, sys, time, statistics, signal
 
 runs = int(sys.argv[1])
+SHARPVM_RUN = ["$SHARPVM", "run", "--accel", "emu", "--timeout", "300", "--cmdline", "$CMDLINE", "--", *"$GUEST_CMD".split()]
+# (name, argv, extra environment): the interpreter-only run shows what the block translator brings.
 configs = [
-    ("SharpVM emu, host decompress", ["$SHARPVM", "run", "--accel", "emu", "--timeout", "300", "--cmdline", "$CMDLINE", "--", *"$GUEST_CMD".split()]),
-    ("SharpVM emu, guest decompress", ["$SHARPVM", "run", "--accel", "emu", "--guest-decompress", "--timeout", "300", "--cmdline", "$CMDLINE", "--", *"$GUEST_CMD".split()]),
-    ("QEMU TCG -M pc", [$(printf '"%s", ' "${QEMU[@]}") "-M", "pc"]),
-    ("QEMU TCG -M microvm", [$(printf '"%s", ' "${QEMU[@]}") "-M", "$MICROVM"]),
+    ("SharpVM emu, host decompress", SHARPVM_RUN, {}),
+    ("SharpVM emu, interpreter only", SHARPVM_RUN, {"SHARPVM_EMU_TRANSLATE": "off"}),
+    ("SharpVM emu, guest decompress", SHARPVM_RUN[:4] + ["--guest-decompress"] + SHARPVM_RUN[4:], {}),
+    ("QEMU TCG -M pc", [$(printf '"%s", ' "${QEMU[@]}") "-M", "pc"], {}),
+    ("QEMU TCG -M microvm", [$(printf '"%s", ' "${QEMU[@]}") "-M", "$MICROVM"], {}),
 ]
 MARKER, HALTED = b"SHARPVM-GUEST-READY", b"reboot: System halted"
 
-def run(argv):
+def run(argv, env):
     """Wall seconds to the marker and to the end, peak RSS in MiB, exit status, whether it ended by halting."""
     start = time.monotonic()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env})
     marker = None; halted = False; seen = b""
     while True:
         chunk = os.read(p.stdout.fileno(), 65536)
@@ -64,10 +67,10 @@ def run(argv):
     p.returncode = os.waitstatus_to_exitcode(status)
     return marker, end, usage.ru_maxrss / 1024, p.returncode, halted
 
-results = {name: [] for name, _ in configs}
+results = {name: [] for name, _, _ in configs}
 for i in range(1, runs + 1):
-    for name, argv in configs:
-        marker, end, rss, code, halted = run(argv)
+    for name, argv, env in configs:
+        marker, end, rss, code, halted = run(argv, env)
         ok = marker is not None and (code == 0 or halted)
         results[name].append((marker, end, rss, ok))
         m = f"{marker:6.2f} s" if marker is not None else "    NA  "
@@ -83,7 +86,7 @@ print()
 print(f"medians of {runs} runs; ratios are to {base} (lower is better)")
 print(f"| configuration | marker | end | peak RSS | marker / pc | end / pc | RSS / pc |")
 print(f"|---|---:|---:|---:|---:|---:|---:|")
-for name, _ in configs:
+for name, _, _ in configs:
     mk, en, rs = med(name, 0), med(name, 1), med(name, 2)
     print(f"| {name} | {mk:.2f} s | {en:.2f} s | {rs:.0f} MiB | {mk / med(base, 0):.2f}x | {en / med(base, 1):.2f}x | {rs / med(base, 2):.2f}x |")
 failed = sum(1 for v in results.values() for r in v if not r[3])
