@@ -496,4 +496,38 @@ public sealed class TranslatorReviewTests
             Assert.Equal(3 * (long)r.Rcx + 1, cpu2.InstructionsRetired);
         }
     }
+
+    [Fact]
+    public void BackgroundTranslationOfBlocksMadeStaleBySelfModifyingCodeIsNeverRun()
+    {
+        // With a threshold of 2 the background translator is handed block after block that the loop then rewrites
+        // (each round patches the immediate the next round loads): a stale translation, published late, would add
+        // an old immediate. Round i adds i - 1, so RDX = N (N - 1) / 2 exactly; rounds also hammer a
+        // never-patched hot loop so translations do get published while the patching goes on.
+        const int N = 20_000;
+        const ulong Top = TestGuest.CodeAddr + 0x40, Imm = Top + 1;
+        using var g = NewGuest(translated: false);
+        g.Cpu.Translation = new EmulatorTranslation(2, Background: true);
+        g.Load(TestGuest.CodeAddr, a => { a.xor(ecx, ecx); a.xor(edx, edx); a.mov(rbx, (long)Imm); a.jmp(Top); });
+        g.Load(Top, a =>
+        {
+            var top = a.CreateLabel();
+            var spin = a.CreateLabel();
+            a.Label(ref top);
+            a.db(0xB8); a.dd(0);        // mov eax, imm32 (patched every round)
+            a.add(rdx, rax);
+            a.inc(ecx);
+            a.mov(__dword_ptr[rbx], ecx);
+            a.mov(esi, 20);
+            a.Label(ref spin);
+            a.dec(esi);
+            a.jnz(spin);
+            a.cmp(ecx, N);
+            a.jne(top);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        Assert.Equal((ulong)N * (N - 1) / 2, g.Cpu.GetRegisters().Rdx);
+        Assert.Equal(2 + 1 + N * (4 + 1 + 20 * 2 + 2) + 1 + 1, g.Cpu.InstructionsRetired);
+    }
 }
