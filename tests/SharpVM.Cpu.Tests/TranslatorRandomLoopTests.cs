@@ -78,16 +78,83 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
         a.hlt();
     }
 
-    [Fact]
-    public void RandomLoopsEndAsTheInterpretersDo()
+    private const ulong DataBase32 = 0x10000; // DS/ES/SS base of the 32-bit runs: every data access adds it
+
+    /// <summary>The 32-bit counterpart of <see cref="Gen"/> (flat CS, based data segments, no paging).</summary>
+    private static void Gen32(Assembler a, Random rnd, bool codeData)
+    {
+        AssemblerRegister32[] regs = [eax, ecx, edx, esi, edi];
+        AssemblerRegister8[] bytes = [al, cl, dl, ah, ch, dh];
+        var top = a.CreateLabel();
+        foreach (var r in regs) a.mov(r, rnd.Next(4) == 0 ? rnd.Next() : rnd.Next(0, 0x1000));
+        a.mov(ebx, (int)((codeData ? TestGuest.CodeAddr + 0x800 : 0x300000) - DataBase32));
+        a.mov(ebp, rnd.Next(1, 80));
+        a.Label(ref top);
+        int n = rnd.Next(1, 25);
+        for (int k = 0; k < n; k++)
+        {
+            var x = regs[rnd.Next(regs.Length)]; var y = regs[rnd.Next(regs.Length)];
+            int disp = rnd.Next(0, 0x100) * 4 - (codeData ? 0x400 : 0);
+            var mem = rnd.Next(20) == 0 ? __dword_ptr[y + disp] : __dword_ptr[ebx + disp];
+            int imm = rnd.Next(4) == 0 ? rnd.Next() : rnd.Next(-100, 100);
+            switch (rnd.Next(20))
+            {
+                case 0: a.mov(x, y); break;
+                case 1: a.mov(x, imm); break;
+                case 2: a.mov(x, mem); break;
+                case 3: a.mov(mem, x); break;
+                case 4: a.add(x, y); break;
+                case 5: a.sub(x, imm); break;
+                case 6: a.adc(x, y); break;
+                case 7: a.sbb(x, imm); break;
+                case 8: a.xor(x, mem); break;                      // interpreted (32-bit ALU from memory)
+                case 9: a.cmp(x, y); break;
+                case 10: a.inc(x); break;
+                case 11: a.dec(x); break;
+                case 12: a.movzx(x, bytes[rnd.Next(bytes.Length)]); break;
+                case 13: a.movzx(x, __word_ptr[ebx + disp]); break;
+                case 14: a.setg(bytes[rnd.Next(bytes.Length)]); break;
+                case 15: a.shl(x, (byte)rnd.Next(32)); break;      // interpreted
+                case 16: a.mov(__dword_ptr.ss[ebx + disp], x); break;
+                case 17: a.and(x, imm); break;
+                case 18: a.test(x, y); break;
+                case 19: { var l = a.CreateLabel(); a.cmp(x, y); a.jae(l); a.inc(edi); a.Label(ref l); break; }
+            }
+        }
+        a.dec(ebp);
+        a.jnz(top);
+        a.hlt();
+    }
+
+    private static void Enter32BitMode(TestGuest g)
+    {
+        var s = g.Cpu.GetSpecialRegisters();
+        s.Cr0 = 0x11;
+        s.Cs = new Segment { Base = 0, Limit = 0xFFFFFFFF, Selector = TestGuest.KCode32, Type = 0xB, S = true, Present = true, Db = true, G = true };
+        var d = new Segment { Base = DataBase32, Limit = 0xFFFFFFFF, Selector = TestGuest.KData, Type = 0x3, S = true, Present = true, Db = true, G = true };
+        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = d;
+        s.Gdt = new DescriptorTable { Base = TestGuest.GdtAddr, Limit = 0x57 };
+        g.Cpu.SetSpecialRegisters(s);
+        g.Cpu.SetRegisters(new Registers { Rip = TestGuest.CodeAddr, Rsp = 0x90000, Rflags = 2 });
+    }
+
+    [Theory]
+    [InlineData(64)]
+    [InlineData(32)]
+    public void RandomLoopsEndAsTheInterpretersDo(int bitness)
     {
         int diffs = 0, completed = 0;
         for (int seed = 0; seed < 200; seed++)
         {
             (VcpuExit, Registers, long, ulong, byte[]) Once(bool tr)
             {
-                using var g = new TestGuest(ramBytes: 64UL << 20, translated: tr);
-                g.Load(TestGuest.CodeAddr, a => Gen(a, new Random(seed), seed % 3 == 0));
+                using var g = new TestGuest(ramBytes: 64UL << 20, longMode: bitness == 64, translated: tr);
+                if (bitness == 64) g.Load(TestGuest.CodeAddr, a => Gen(a, new Random(seed), seed % 3 == 0));
+                else
+                {
+                    Enter32BitMode(g);
+                    g.Load(TestGuest.CodeAddr, a => Gen32(a, new Random(seed), seed % 3 == 0), 32);
+                }
                 using var watchdog = new Timer(_ => g.Cpu.RequestExit(), null, 10_000, Timeout.Infinite); // only against a hang
                 var e = g.Run();
                 var data = g.Memory.GetSpan(new SharpVM.Memory.GuestAddress(0x300000), 0x800).ToArray()
