@@ -217,16 +217,18 @@ public sealed class TranslatorReviewTests
             using var g = NewGuest(translated);
             // An endless self-loop; the host overwrites its INC with HLT (F4 FF C1 = hlt, then garbage never reached).
             g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.Label(ref l); a.inc(rcx); a.add(rdx, 3); a.jmp(l); });
+            using var done = new ManualResetEventSlim();
             var t = new Thread(() =>
             {
                 while (g.Cpu.InstructionsRetired < 100_000) Thread.Sleep(1);
                 g.W8(TestGuest.CodeAddr, 0xF4);
-                Thread.Sleep(5000);
-                g.Cpu.RequestExit();
-            }) { IsBackground = true };
+                if (!done.Wait(5000)) g.Cpu.RequestExit(); // the write went unseen: stop the guest, the asserts fail
+            });
             var sw = Stopwatch.StartNew();
             t.Start();
             var exit = g.Run();
+            done.Set();
+            t.Join();
             Assert.Equal(VcpuExitReason.Halt, exit.Reason);
             Assert.True(sw.ElapsedMilliseconds < 4000, $"translated={translated}: {sw.ElapsedMilliseconds} ms");
             var r = g.Cpu.GetRegisters();
@@ -484,11 +486,14 @@ public sealed class TranslatorReviewTests
                 cpu2.SetRegisters(new Registers { Rip = Code2, Rsp = TestGuest.StackTop - 0x1000, Rflags = 2 });
                 e2 = cpu2.Run(new FakeIo());
             });
-            var watchdog = new Thread(() => { Thread.Sleep(15_000); cpu2.RequestExit(); }) { IsBackground = true };
+            using var done = new ManualResetEventSlim();
+            var watchdog = new Thread(() => { if (!done.Wait(15_000)) cpu2.RequestExit(); });
             t.Start();
             watchdog.Start();
             Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
             t.Join();
+            done.Set();
+            watchdog.Join();
             Assert.Equal(VcpuExitReason.Halt, e2.Reason);
             var r = cpu2.GetRegisters();
             Assert.Equal(Code2 + 1, r.Rip);
