@@ -22,7 +22,7 @@ public sealed class TranslatorReviewTests
     private const ulong FrameTop = TestGuest.Ist1; // #PF is delivered on IST1, so a bad RSP still gets a frame
 
     /// <summary>The state a run ends in: registers, the retired count, and the #PF frame (if one was pushed).</summary>
-    private sealed record Outcome(VcpuExitReason Exit, Registers Regs, long Retired, ulong FrameRip, ulong FrameRflags, ulong Cr2, ulong Probe);
+    private sealed record Outcome(VcpuExitReason Exit, Registers Regs, long Retired, ulong FrameRip, ulong FrameRflags, ulong FrameRsp, ulong Cr2, ulong Probe);
 
     private static TestGuest NewGuest(bool translated)
     {
@@ -37,7 +37,7 @@ public sealed class TranslatorReviewTests
 
     private static Outcome Finish(TestGuest g, VcpuExit exit, ulong probe = 0) => new(
         exit.Reason, g.Cpu.GetRegisters(), g.Cpu.InstructionsRetired,
-        g.R64(FrameTop - 40), g.R64(FrameTop - 24), g.Cpu.GetSpecialRegisters().Cr2, probe == 0 ? 0 : g.R64(probe));
+        g.R64(FrameTop - 40), g.R64(FrameTop - 24), g.R64(FrameTop - 16), g.Cpu.GetSpecialRegisters().Cr2, probe == 0 ? 0 : g.R64(probe));
 
     /// <summary>Runs <paramref name="build"/> interpreted and translated; asserts both end alike and returns the translated outcome.</summary>
     private static Outcome RunBoth(Action<Assembler> build, ulong probe = 0, Action<TestGuest>? setup = null)
@@ -127,6 +127,7 @@ public sealed class TranslatorReviewTests
         // RFLAGS as the INC before the fault left them (CF from the ADD kept, OF clear, ZF clear).
         Assert.Equal(Flags.CF, o.FrameRflags & (Flags.CF | Flags.ZF | Flags.OF));
         Assert.Equal(Unmapped, o.Cr2 & ~0xFFFUL);
+        if (form is "Push" or "Pop" or "Call" or "Ret") Assert.Equal(Unmapped + 0x10, o.FrameRsp); // RSP not moved by the faulting stack access
     }
 
     [Fact]
