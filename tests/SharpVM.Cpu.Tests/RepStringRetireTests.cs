@@ -23,11 +23,13 @@ public sealed class RepStringRetireTests
         public void MmioWrite(ulong address, ReadOnlySpan<byte> data) { }
     }
 
-    [Fact]
-    public void AResumedRepInstructionRetiresOnce()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AResumedRepInstructionRetiresOnce(bool translated)
     {
         const int Count = 42_000, Every = 5_000; // the last request lands before the end: every interruption is mid-REP
-        using var g = new TestGuest();
+        using var g = new TestGuest(translated: translated);
         g.Load(TestGuest.CodeAddr, a =>
         {
             a.mov(esi, 0x200000);  // 1
