@@ -225,7 +225,8 @@ public sealed unsafe partial class EmulatorVcpu
         _blockPpn2 = b.Ppn2;
         _endBlock = false;
         ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
-        var translated = b.Translated;
+        // Turning translation off also stops blocks translated earlier from running translated.
+        var translated = _translation.Enabled ? b.Translated : null;
         if (translated is null && _translation.Enabled && ++b.Runs == _translation.Threshold)
         {
             RequestTranslation(b);
@@ -233,6 +234,7 @@ public sealed unsafe partial class EmulatorVcpu
         }
         if (translated is not null && _trace is null && !s_trace)
         {
+            TranslatedBlockRuns++;
             InstructionsRetired += b.Count;
             _runningBlock = b;
             translated(this, ref regs);
@@ -268,6 +270,9 @@ public sealed unsafe partial class EmulatorVcpu
     }
 
     private EmulatorTranslation _translation = EmulatorTranslation.FromEnvironment();
+
+    /// <summary>Diagnostics: entries into translated blocks (a self-looping block counts once per entry).</summary>
+    public long TranslatedBlockRuns { get; private set; }
 
     /// <summary>
     /// Whether and when blocks are translated to host code (<see cref="BlockTranslator"/>); by default as the

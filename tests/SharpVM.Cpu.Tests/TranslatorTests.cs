@@ -40,6 +40,12 @@ public sealed class TranslatorTests
         Assert.Equal(0UL, r.Rcx);
         Assert.Equal(500500UL, r.Rax);
         Assert.Equal(3 + 1000 * 8 + 1, g.Cpu.InstructionsRetired);
+        if (translated)
+        {
+            // The loop block branches to itself: it goes round inside its translation, up to 64 times per entry.
+            Assert.InRange(g.Cpu.TranslatedBlockRuns, 1000 / 64, 1000 / 64 + 4);
+        }
+        else Assert.Equal(0, g.Cpu.TranslatedBlockRuns);
     }
 
     [Theory]
@@ -61,9 +67,13 @@ public sealed class TranslatorTests
             a.jnz(top);
             a.hlt();
         });
-        var t = new Thread(() => { Thread.Sleep(20000); g.Cpu.RequestExit(); }) { IsBackground = true };
+        // A watchdog, so that a hang fails the test instead of stalling the run.
+        using var done = new ManualResetEventSlim();
+        var t = new Thread(() => { if (!done.Wait(20000)) g.Cpu.RequestExit(); }) { IsBackground = true };
         t.Start();
         var exit = g.Run();
+        done.Set();
+        t.Join();
         Assert.Equal(VcpuExitReason.Halt, exit.Reason);
         Assert.Equal(0UL, g.Cpu.GetRegisters().Rcx);
     }
