@@ -117,7 +117,7 @@ internal static class BlockTranslator
     /// state); cleared when it grows past <see cref="MaxRemembered"/>.
     /// </summary>
     private static readonly ConcurrentDictionary<(ulong Rip, ulong Phys, int Bitness), Block> s_byAddress = new();
-    private const int MaxRemembered = 1 << 16;
+    private const int MaxRemembered = 1 << 14;
 
     private static void Remember(Block b)
     {
@@ -148,6 +148,7 @@ internal static class BlockTranslator
     private sealed class Emitter(ILGenerator il, Block b)
     {
         private readonly int _n = b.RunCount;
+        private bool[] _flagsDead = null!;
         private Label _top;
         private LocalBuilder? _budget;
 
@@ -163,6 +164,7 @@ internal static class BlockTranslator
 
         public void EmitBlock()
         {
+            _flagsDead = FlagsLiveness.DeadFlagOutputs(b.D, _n);
             var body = il.DefineLabel();
             Cpu();
             il.Emit(OpCodes.Brtrue, body);
@@ -218,6 +220,15 @@ internal static class BlockTranslator
                 case FastOp.MovRM32: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovRM32)); return false;
                 case FastOp.MovMR32: Faults(ref d); Cpu(); Regs(); I4(d.Src); Linear(ref d); Call(nameof(Ops.MovMR32)); AfterStore(k); return false;
                 case FastOp.Lea64: Regs(); I4(d.Dst); EffectiveAddress(ref d); Call(nameof(Ops.Lea)); return false;
+                // A flag-setting ALU operation whose flags nothing can see (FlagsLiveness) computes only its result;
+                // CMP and TEST then do nothing at all.
+                case FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 when _flagsDead[k]:
+                    if (d.Alu >= EmulatorVcpu.OpCmp) return false;
+                    Regs(); I4(d.Alu); I4(d.Dst);
+                    if (d.Op is FastOp.AluRR64 or FastOp.AluRR32) { Regs(); I4(d.Src); Call(nameof(Ops.Register64)); }
+                    else I8(d.Imm);
+                    Call(d.Op is FastOp.AluRR64 or FastOp.AluRI64 ? nameof(Ops.AluResultOnly64) : nameof(Ops.AluResultOnly32));
+                    return false;
                 case FastOp.AluRR64: AluRR(ref d, nameof(Ops.AluRR64)); return false;
                 case FastOp.AluRI64: AluRI(ref d, nameof(Ops.AluRI64)); return false;
                 case FastOp.AluRR32: AluRR(ref d, nameof(Ops.AluRR32)); return false;
@@ -228,13 +239,15 @@ internal static class BlockTranslator
                 case FastOp.IncR32: IncDec(ref d, nameof(Ops.IncDec32), false); return false;
                 case FastOp.DecR32: IncDec(ref d, nameof(Ops.IncDec32), true); return false;
                 case FastOp.ShiftRI64:
-                    if ((d.Imm & 63) != 0) { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4((int)(d.Imm & 63)); Call(nameof(Ops.ShiftRI64)); }
+                    if ((d.Imm & 63) == 0) return false;
+                    if (_flagsDead[k]) { Regs(); I4(d.Alu); I4(d.Dst); I4((int)(d.Imm & 63)); Call(nameof(Ops.ShiftResultOnly64)); }
+                    else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4((int)(d.Imm & 63)); Call(nameof(Ops.ShiftRI64)); }
                     return false;
                 case FastOp.MovzxRRWide: Cpu(); Regs(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); Call(nameof(Ops.MovzxRR)); return false;
                 case FastOp.MovzxRMWide: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); Call(nameof(Ops.MovzxRM)); return false;
-                case FastOp.SetccR: Cpu(); I4(d.Dst); Bool(d.DstHigh); I4(d.Alu); Call(nameof(Ops.SetccR)); return false;
-                case FastOp.CmovRR64: Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(nameof(Ops.CmovRR64)); return false;
-                case FastOp.CmovRM64: Faults(ref d); Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.CmovRM64)); return false;
+                case FastOp.SetccR: Cpu(); I4(d.Dst); Bool(d.DstHigh); Condition(d.Alu); Call(nameof(Ops.SetccR)); return false;
+                case FastOp.CmovRR64: Regs(); Condition(d.Alu); I4(d.Dst); I4(d.Src); Call(nameof(Ops.CmovRR64)); return false;
+                case FastOp.CmovRM64: Faults(ref d); Cpu(); Regs(); Condition(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.CmovRM64)); return false;
                 case FastOp.MovsxdRR: Regs(); I4(d.Dst); I4(d.Src); Call(nameof(Ops.MovsxdRR)); return false;
                 case FastOp.MovsxdRM: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovsxdRM)); return false;
                 case FastOp.Push: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Push64)); AfterStore(k); return false;
@@ -300,6 +313,9 @@ internal static class BlockTranslator
                 case FastOp.MovzxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovzxRMSized)); return false;
                 case FastOp.MovsxRR: Cpu(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRR)); return false;
                 case FastOp.MovsxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRM)); return false;
+                case FastOp.ImulRR64 when _flagsDead[k]:
+                    Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.ImulResultOnly64));
+                    return false;
                 case FastOp.ImulRR64:
                     Cpu(); Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.Imul64));
                     return false;

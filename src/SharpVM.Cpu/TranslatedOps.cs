@@ -149,20 +149,21 @@ public sealed partial class EmulatorVcpu
         public static void MovzxRM(EmulatorVcpu c, ref ulong regs, int dst, ulong la, int size) => Reg(ref regs, dst) = Load(c, la, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void SetccR(EmulatorVcpu c, int dst, bool dstHigh, int cc) =>
-            c.SetR(dst, dstHigh, 1, Condition(c, cc) ? 1UL : 0);
+        public static void SetccR(EmulatorVcpu c, int dst, bool dstHigh, bool condition) =>
+            c.SetR(dst, dstHigh, 1, condition ? 1UL : 0);
 
+        // SETcc and CMOVcc get their condition already evaluated (by the per-condition templates, see ConditionMethod).
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void CmovRR64(EmulatorVcpu c, ref ulong regs, int cc, int dst, int src)
+        public static void CmovRR64(ref ulong regs, bool condition, int dst, int src)
         {
-            if (Condition(c, cc)) Reg(ref regs, dst) = Reg(ref regs, src);
+            if (condition) Reg(ref regs, dst) = Reg(ref regs, src);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void CmovRM64(EmulatorVcpu c, ref ulong regs, int cc, int dst, ulong la)
+        public static void CmovRM64(EmulatorVcpu c, ref ulong regs, bool condition, int dst, ulong la)
         {
             ulong v = Load(c, la, 8); // read whatever the condition (it may fault), as on hardware
-            if (Condition(c, cc)) Reg(ref regs, dst) = v;
+            if (condition) Reg(ref regs, dst) = v;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -286,6 +287,46 @@ public sealed partial class EmulatorVcpu
             c.SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
             Reg(ref regs, dst) = l;
         }
+
+        // ---- Flag producers whose flags are dead (see FlagsLiveness): the result only, no lazy-flag state.
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluResultOnly64(ref ulong regs, int alu, int dst, ulong b)
+        {
+            ulong a = Reg(ref regs, dst);
+            Reg(ref regs, dst) = alu switch
+            {
+                OpAdd => a + b,
+                OpOr => a | b,
+                OpAnd => a & b,
+                OpSub => a - b,
+                _ => a ^ b, // OpXor: FlagsLiveness lets only ADD/OR/AND/SUB/XOR (and CMP/TEST, which do nothing) through
+            };
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void AluResultOnly32(ref ulong regs, int alu, int dst, ulong b)
+        {
+            uint a = (uint)Reg(ref regs, dst), v = (uint)b;
+            Reg(ref regs, dst) = alu switch
+            {
+                OpAdd => a + v,
+                OpOr => a | v,
+                OpAnd => a & v,
+                OpSub => a - v,
+                _ => a ^ v,
+            };
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ShiftResultOnly64(ref ulong regs, int kind, int dst, int count)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            g = kind switch { 0 => g << count, 1 => g >> count, _ => (ulong)((long)g >> count) };
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ImulResultOnly64(ref ulong regs, int dst, ulong b) => Reg(ref regs, dst) *= b;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static ulong Register64(ref ulong regs, int idx) => Reg(ref regs, idx);

@@ -77,4 +77,82 @@ public sealed class TranslatorTests
         Assert.Equal(VcpuExitReason.Halt, exit.Reason);
         Assert.Equal(0UL, g.Cpu.GetRegisters().Rcx);
     }
+
+    /// <summary>
+    /// Flag producers whose flags a later producer replaces are translated without their flags (FlagsLiveness); the
+    /// flags that do survive (into ADC, SETcc, CMOVcc, the block's end, a #PF handler's frame) must still be exact.
+    /// </summary>
+    [Fact]
+    public void DeadFlagsAreSkippedButLiveOnesAreExact()
+    {
+        (Registers, long) Run(bool translated)
+        {
+            using var g = new TestGuest(translated: translated);
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var top = a.CreateLabel();
+                a.mov(rax, 0x7FFF_FFFF_FFFF_FFF0L); a.mov(rbx, 0x35); a.mov(rcx, -3L); a.mov(rdx, 0x1234_5678_9ABCL);
+                a.mov(rsi, 0x8000_0000_0000_0001UL); a.mov(r8, 40); a.xor(r15d, r15d);
+                a.Label(ref top);
+                a.add(rax, rbx);        // dead: IMUL replaces the flags
+                a.imul(rcx, rdx);       // dead: SHL replaces them
+                a.shl(rsi, 3);          // dead: CMP replaces them
+                a.cmp(rax, rcx);        // live: CMOVB reads them
+                a.cmovb(rdi, rdx);
+                a.sub(rdx, rbx);        // dead: XOR replaces them
+                a.xor(r9, rax);         // dead
+                a.add(r10, rcx);        // live: ADC reads CF
+                a.adc(r11, rbx);
+                a.test(r9, r9);         // live: SETS reads SF
+                a.sets(r12b);
+                a.add(r15, r12);
+                a.add(r13, rdx);        // live: the loop's DEC keeps CF, and CF reaches the block's end
+                a.dec(r8);
+                a.jnz(top);
+                a.pushfq();
+                a.pop(r14);
+                a.hlt();
+            });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            return (g.Cpu.GetRegisters(), g.Cpu.InstructionsRetired);
+        }
+        var interpreted = Run(false);
+        var translated = Run(true);
+        Assert.Equal(interpreted, translated);
+    }
+
+    [Fact]
+    public void FlagsLivenessFindsTheDeadProducers()
+    {
+        var a = new Assembler(64);
+        var top = a.CreateLabel();
+        a.Label(ref top);
+        a.add(rax, rbx);             // 0 dead (IMUL replaces)
+        a.imul(rcx, rdx);            // 1 dead (SHL replaces)
+        a.shl(rsi, 3);               // 2 dead (CMP replaces)
+        a.cmp(rax, rcx);             // 3 live (CMOVB reads)
+        a.cmovb(rdi, rdx);           // 4
+        a.sub(rdx, rbx);             // 5 dead (XOR replaces, past a MOV)
+        a.mov(r8, r9);               // 6
+        a.xor(r9, rax);              // 7 live (the load after it may fault)
+        a.mov(r10, __qword_ptr[rbx]); // 8
+        a.add(r10, rcx);             // 9 live (ADC reads CF)
+        a.adc(r11, rbx);             // 10
+        a.add(r13, rdx);             // 11 live (DEC keeps CF)
+        a.dec(r8);                   // 12
+        a.jnz(top);                  // 13
+        var w = new MemoryCodeWriter();
+        a.Assemble(w, 0x1000);
+        var bytes = w.Bytes.ToArray();
+        var decoder = Decoder.Create(64, new ByteArrayCodeReader(bytes), 0x1000);
+        var d = new List<DInsn>();
+        while (decoder.IP < 0x1000 + (ulong)bytes.Length)
+        {
+            decoder.Decode(out var i);
+            d.Add(EmulatorVcpu.Predecode(i, Decoding.OperandSize(i), Decoding.AddressSize(i, 64), 64));
+        }
+        bool[] dead = FlagsLiveness.DeadFlagOutputs([.. d], d.Count);
+        int[] expectedDead = [0, 1, 2, 5];
+        Assert.Equal(expectedDead, Enumerable.Range(0, d.Count).Where(k => dead[k]).ToArray());
+    }
 }
