@@ -442,7 +442,13 @@ internal static class BlockTranslator
         private void Bool(bool v) => il.Emit(v ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
         private void I8(ulong v) => il.Emit(OpCodes.Ldc_I8, (long)v);
         private void I8Signed(long v) => il.Emit(OpCodes.Ldc_I8, v);
-        private void Call(string op) => il.Emit(OpCodes.Call, Op(op));
+        private void Call(string op)
+        {
+            var m = Op(op);
+            // Memory templates are generic over how they reach guest memory (see EmulatorVcpu.IGuestMemoryAccess).
+            if (m.IsGenericMethodDefinition) m = m.MakeGenericMethod(_budget is not null ? typeof(EmulatorVcpu.InlinedMemory) : typeof(EmulatorVcpu.CalledMemory));
+            il.Emit(OpCodes.Call, m);
+        }
     }
 }
 

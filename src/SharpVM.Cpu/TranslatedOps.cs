@@ -14,6 +14,51 @@ public sealed partial class EmulatorVcpu
     /// instruction. Semantics are those of the interpreter's handlers by construction: the same helpers
     /// (Alu64, SetLazy, Read/Write through the TLB, Cond) do the work.
     /// </summary>
+    /// <summary>
+    /// How translated code reaches guest memory, chosen per block as a generic argument of the memory templates (the
+    /// JIT specialises them for each): through calls (<see cref="CalledMemory"/>) or with the TLB fast path inlined
+    /// (<see cref="InlinedMemory"/>).
+    /// </summary>
+    internal interface IGuestMemoryAccess
+    {
+        static abstract ulong Load(EmulatorVcpu c, ulong la, int size);
+        static abstract ulong LoadForWrite(EmulatorVcpu c, ulong la, int size);
+        static abstract void Store(EmulatorVcpu c, ulong la, int size, ulong v);
+    }
+
+    /// <summary>
+    /// Loads and stores as calls: inlining the TLB fast path into every access tripled the JIT time of a block
+    /// (~1.3 ms -> ~0.5 ms for six instructions), which most blocks never repay. AggressiveOptimization: translated
+    /// code binds to these at once, and a tier-0 version would run until tiering caught up.
+    /// </summary>
+    internal readonly struct CalledMemory : IGuestMemoryAccess
+    {
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+        public static ulong Load(EmulatorVcpu c, ulong la, int size) => c.Read(la, size);
+
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+        public static ulong LoadForWrite(EmulatorVcpu c, ulong la, int size) => c.ReadForWrite(la, size);
+
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+        public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
+    }
+
+    /// <summary>
+    /// Loads and stores with the TLB fast path inlined, for blocks that loop on themselves: they run many rounds per
+    /// entry, so the extra JIT time pays (the CPU loop benchmark: ~15% faster).
+    /// </summary>
+    internal readonly struct InlinedMemory : IGuestMemoryAccess
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong Load(EmulatorVcpu c, ulong la, int size) => c.Read(la, size);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong LoadForWrite(EmulatorVcpu c, ulong la, int size) => c.ReadForWrite(la, size);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
+    }
+
     internal static class TranslatedOps
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -35,18 +80,6 @@ public sealed partial class EmulatorVcpu
             return (uint)(c.Sregs[seg].Base + ea);
         }
 
-        // Guest memory accesses are calls, not inlined: inlining the TLB fast path into every load and store tripled the
-        // JIT time of a block (~1.3 ms -> ~0.5 ms for six instructions) for ~5% of loop speed. AggressiveOptimization:
-        // translated code binds to these at once, and a tier-0 version would run until tiering caught up.
-        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-        private static ulong Load(EmulatorVcpu c, ulong la, int size) => c.Read(la, size);
-
-        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-        private static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
-
-        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-        private static ulong LoadForWrite(EmulatorVcpu c, ulong la, int size) => c.ReadForWrite(la, size);
-
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovRR64(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = Reg(ref regs, src);
 
@@ -54,19 +87,23 @@ public sealed partial class EmulatorVcpu
         public static void MovRI64(ref ulong regs, int dst, ulong imm) => Reg(ref regs, dst) = imm;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovRM64(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = Load(c, la, 8);
+        public static void MovRM64<TMem>(EmulatorVcpu c, ref ulong regs, int dst, ulong la)
+            where TMem : struct, IGuestMemoryAccess => Reg(ref regs, dst) = TMem.Load(c, la, 8);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovMR64(EmulatorVcpu c, ref ulong regs, int src, ulong la) => Store(c, la, 8, Reg(ref regs, src));
+        public static void MovMR64<TMem>(EmulatorVcpu c, ref ulong regs, int src, ulong la)
+            where TMem : struct, IGuestMemoryAccess => TMem.Store(c, la, 8, Reg(ref regs, src));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovRR32(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = (uint)Reg(ref regs, src);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovRM32(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = (uint)Load(c, la, 4);
+        public static void MovRM32<TMem>(EmulatorVcpu c, ref ulong regs, int dst, ulong la)
+            where TMem : struct, IGuestMemoryAccess => Reg(ref regs, dst) = (uint)TMem.Load(c, la, 4);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovMR32(EmulatorVcpu c, ref ulong regs, int src, ulong la) => Store(c, la, 4, (uint)Reg(ref regs, src));
+        public static void MovMR32<TMem>(EmulatorVcpu c, ref ulong regs, int src, ulong la)
+            where TMem : struct, IGuestMemoryAccess => TMem.Store(c, la, 4, (uint)Reg(ref regs, src));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Lea(ref ulong regs, int dst, ulong ea) => Reg(ref regs, dst) = ea;
@@ -86,9 +123,10 @@ public sealed partial class EmulatorVcpu
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AluRM64(EmulatorVcpu c, ref ulong regs, int alu, int dst, ulong la)
+        public static void AluRM64<TMem>(EmulatorVcpu c, ref ulong regs, int alu, int dst, ulong la)
+            where TMem : struct, IGuestMemoryAccess
         {
-            ulong r = c.Alu64(alu, Reg(ref regs, dst), Load(c, la, 8));
+            ulong r = c.Alu64(alu, Reg(ref regs, dst), TMem.Load(c, la, 8));
             if (alu < OpCmp) Reg(ref regs, dst) = r;
         }
 
@@ -146,7 +184,8 @@ public sealed partial class EmulatorVcpu
             Reg(ref regs, dst) = c.GetR(src, srcHigh, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovzxRM(EmulatorVcpu c, ref ulong regs, int dst, ulong la, int size) => Reg(ref regs, dst) = Load(c, la, size);
+        public static void MovzxRM<TMem>(EmulatorVcpu c, ref ulong regs, int dst, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess => Reg(ref regs, dst) = TMem.Load(c, la, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void SetccR(EmulatorVcpu c, int dst, bool dstHigh, bool condition) =>
@@ -160,9 +199,10 @@ public sealed partial class EmulatorVcpu
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void CmovRM64(EmulatorVcpu c, ref ulong regs, bool condition, int dst, ulong la)
+        public static void CmovRM64<TMem>(EmulatorVcpu c, ref ulong regs, bool condition, int dst, ulong la)
+            where TMem : struct, IGuestMemoryAccess
         {
-            ulong v = Load(c, la, 8); // read whatever the condition (it may fault), as on hardware
+            ulong v = TMem.Load(c, la, 8); // read whatever the condition (it may fault), as on hardware
             if (condition) Reg(ref regs, dst) = v;
         }
 
@@ -170,22 +210,25 @@ public sealed partial class EmulatorVcpu
         public static void MovsxdRR(ref ulong regs, int dst, int src) => Reg(ref regs, dst) = (ulong)(long)(int)Reg(ref regs, src);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovsxdRM(EmulatorVcpu c, ref ulong regs, int dst, ulong la) => Reg(ref regs, dst) = (ulong)(long)(int)Load(c, la, 4);
+        public static void MovsxdRM<TMem>(EmulatorVcpu c, ref ulong regs, int dst, ulong la)
+            where TMem : struct, IGuestMemoryAccess => Reg(ref regs, dst) = (ulong)(long)(int)TMem.Load(c, la, 4);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Push64(EmulatorVcpu c, ref ulong regs, int src)
+        public static void Push64<TMem>(EmulatorVcpu c, ref ulong regs, int src)
+            where TMem : struct, IGuestMemoryAccess
         {
             ulong v = Reg(ref regs, src);
             ulong sp = Reg(ref regs, 4) - 8;
-            Store(c, sp, 8, v);
+            TMem.Store(c, sp, 8, v);
             Reg(ref regs, 4) = sp;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Pop64(EmulatorVcpu c, ref ulong regs, int dst)
+        public static void Pop64<TMem>(EmulatorVcpu c, ref ulong regs, int dst)
+            where TMem : struct, IGuestMemoryAccess
         {
             ulong sp = Reg(ref regs, 4);
-            ulong v = Load(c, sp, 8);
+            ulong v = TMem.Load(c, sp, 8);
             Reg(ref regs, 4) = sp + 8;
             Reg(ref regs, dst) = v;
         }
@@ -197,16 +240,19 @@ public sealed partial class EmulatorVcpu
             c.SetR(dst, dstHigh, size, c.GetR(src, srcHigh, size));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovRM(EmulatorVcpu c, int dst, bool dstHigh, ulong la, int size) => c.SetR(dst, dstHigh, size, Load(c, la, size));
+        public static void MovRM<TMem>(EmulatorVcpu c, int dst, bool dstHigh, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess => c.SetR(dst, dstHigh, size, TMem.Load(c, la, size));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovMR(EmulatorVcpu c, int src, bool srcHigh, ulong la, int size) => Store(c, la, size, c.GetR(src, srcHigh, size));
+        public static void MovMR<TMem>(EmulatorVcpu c, int src, bool srcHigh, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess => TMem.Store(c, la, size, c.GetR(src, srcHigh, size));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovRI(EmulatorVcpu c, int dst, bool dstHigh, ulong imm, int size) => c.SetR(dst, dstHigh, size, imm);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovMI(EmulatorVcpu c, ulong la, ulong imm, int size) => Store(c, la, size, imm);
+        public static void MovMI<TMem>(EmulatorVcpu c, ulong la, ulong imm, int size)
+            where TMem : struct, IGuestMemoryAccess => TMem.Store(c, la, size, imm);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void AluRR(EmulatorVcpu c, int alu, int dst, bool dstHigh, int src, bool srcHigh, int size)
@@ -223,27 +269,30 @@ public sealed partial class EmulatorVcpu
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AluRM(EmulatorVcpu c, int alu, int dst, bool dstHigh, ulong la, int size)
+        public static void AluRM<TMem>(EmulatorVcpu c, int alu, int dst, bool dstHigh, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess
         {
-            ulong r = c.Alu(alu, c.GetR(dst, dstHigh, size), Load(c, la, size), size);
+            ulong r = c.Alu(alu, c.GetR(dst, dstHigh, size), TMem.Load(c, la, size), size);
             if (alu < OpCmp) c.SetR(dst, dstHigh, size, r);
         }
 
         /// <summary>ALU with a memory destination; the read asks for write access when the result is stored (see ReadForWrite).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AluMR(EmulatorVcpu c, int alu, int src, bool srcHigh, ulong la, int size)
+        public static void AluMR<TMem>(EmulatorVcpu c, int alu, int src, bool srcHigh, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess
         {
-            ulong m = alu < OpCmp ? LoadForWrite(c, la, size) : Load(c, la, size);
+            ulong m = alu < OpCmp ? TMem.LoadForWrite(c, la, size) : TMem.Load(c, la, size);
             ulong r = c.Alu(alu, m, c.GetR(src, srcHigh, size), size);
-            if (alu < OpCmp) Store(c, la, size, r);
+            if (alu < OpCmp) TMem.Store(c, la, size, r);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AluMI(EmulatorVcpu c, int alu, ulong la, ulong imm, int size)
+        public static void AluMI<TMem>(EmulatorVcpu c, int alu, ulong la, ulong imm, int size)
+            where TMem : struct, IGuestMemoryAccess
         {
-            ulong m = alu < OpCmp ? LoadForWrite(c, la, size) : Load(c, la, size);
+            ulong m = alu < OpCmp ? TMem.LoadForWrite(c, la, size) : TMem.Load(c, la, size);
             ulong r = c.Alu(alu, m, imm, size);
-            if (alu < OpCmp) Store(c, la, size, r);
+            if (alu < OpCmp) TMem.Store(c, la, size, r);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -267,15 +316,17 @@ public sealed partial class EmulatorVcpu
             c.SetR(dst, false, size, (ulong)Bits.SignExtend(c.GetR(src, srcHigh, fromSize), fromSize));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovsxRM(EmulatorVcpu c, int dst, ulong la, int fromSize, int size) =>
-            c.SetR(dst, false, size, (ulong)Bits.SignExtend(Load(c, la, fromSize), fromSize));
+        public static void MovsxRM<TMem>(EmulatorVcpu c, int dst, ulong la, int fromSize, int size)
+            where TMem : struct, IGuestMemoryAccess =>
+            c.SetR(dst, false, size, (ulong)Bits.SignExtend(TMem.Load(c, la, fromSize), fromSize));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovzxRRSized(EmulatorVcpu c, int dst, int src, bool srcHigh, int fromSize, int size) =>
             c.SetR(dst, false, size, c.GetR(src, srcHigh, fromSize));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void MovzxRMSized(EmulatorVcpu c, int dst, ulong la, int fromSize, int size) => c.SetR(dst, false, size, Load(c, la, fromSize));
+        public static void MovzxRMSized<TMem>(EmulatorVcpu c, int dst, ulong la, int fromSize, int size)
+            where TMem : struct, IGuestMemoryAccess => c.SetR(dst, false, size, TMem.Load(c, la, fromSize));
 
         /// <summary>64-bit two-operand IMUL: the signed high half from the unsigned product (as ExecFast does).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -332,7 +383,8 @@ public sealed partial class EmulatorVcpu
         public static ulong Register64(ref ulong regs, int idx) => Reg(ref regs, idx);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static ulong Load64(EmulatorVcpu c, ulong la) => Load(c, la, 8);
+        public static ulong Load64<TMem>(EmulatorVcpu c, ulong la)
+            where TMem : struct, IGuestMemoryAccess => TMem.Load(c, la, 8);
 
         /// <summary>IMUL r, r/m (and r, r/m, imm) of 16/32/64 bits through the interpreter's Imul2.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -342,7 +394,8 @@ public sealed partial class EmulatorVcpu
         public static ulong RegisterSized(EmulatorVcpu c, int idx, int size) => c.GetR(idx, false, size);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static ulong LoadSized(EmulatorVcpu c, ulong la, int size) => Load(c, la, size);
+        public static ulong LoadSized<TMem>(EmulatorVcpu c, ulong la, int size)
+            where TMem : struct, IGuestMemoryAccess => TMem.Load(c, la, size);
 
         /// <summary>
         /// Jcc/SETcc/CMOVcc's condition. The translator calls the small per-condition method for the code (ZF from any
@@ -412,19 +465,21 @@ public sealed partial class EmulatorVcpu
         public static void SetFaultRip(EmulatorVcpu c, ulong rip) => c.FaultRip = rip;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Call64(EmulatorVcpu c, ref ulong regs, ulong returnAddress, ulong target)
+        public static void Call64<TMem>(EmulatorVcpu c, ref ulong regs, ulong returnAddress, ulong target)
+            where TMem : struct, IGuestMemoryAccess
         {
             ulong sp = Reg(ref regs, 4) - 8;
-            Store(c, sp, 8, returnAddress);
+            TMem.Store(c, sp, 8, returnAddress);
             Reg(ref regs, 4) = sp;
             c.Rip = target;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Ret64(EmulatorVcpu c, ref ulong regs)
+        public static void Ret64<TMem>(EmulatorVcpu c, ref ulong regs)
+            where TMem : struct, IGuestMemoryAccess
         {
             ulong sp = Reg(ref regs, 4);
-            c.Rip = Load(c, sp, 8);
+            c.Rip = TMem.Load(c, sp, 8);
             Reg(ref regs, 4) = sp + 8;
         }
 
