@@ -16,7 +16,7 @@ internal delegate void TranslatedBlock(EmulatorVcpu? cpu, ref ulong regs);
 
 /// <summary>
 /// The emulator's translator: turns a hot decoded block into IL (a <see cref="DynamicMethod"/>) that the .NET
-/// JIT compiles to host code. Each guest instruction the block loop's hot dispatch knows becomes a call to its
+/// JIT compiles to host code. Each guest instruction of a form the interpreter's fast paths know becomes a call to its
 /// <see cref="EmulatorVcpu.TranslatedOps"/> template with the instruction's fields as constants, which the JIT
 /// inlines and specialises (no per-instruction dispatch, no operand loads, the ALU switch and register indices
 /// folded away). Other instructions call back into the interpreter for that one instruction. A block that
@@ -39,12 +39,13 @@ internal static class BlockTranslator
     private static readonly Lock s_startLock = new();
     private static long s_translated, s_failed, s_ticks;
     private static string? s_lastError;
-    private static readonly HashSet<(ulong, ulong)> s_seen = [];
+    /// <summary>Diagnostics (SHARPVM_TRANSLATE_STATS=1): the distinct block addresses translated, printed at exit.</summary>
+    private static readonly HashSet<(ulong, ulong)>? s_seen =
+        Environment.GetEnvironmentVariable("SHARPVM_TRANSLATE_STATS") is { Length: > 0 } ? [] : null;
 
     static BlockTranslator()
     {
-        // Diagnostics: SHARPVM_TRANSLATE_STATS=1 prints what the translator did when the process exits.
-        if (Environment.GetEnvironmentVariable("SHARPVM_TRANSLATE_STATS") is { Length: > 0 })
+        if (s_seen is not null)
             AppDomain.CurrentDomain.ProcessExit += (_, _) => Console.Error.WriteLine(
                 $"translator: {BlocksTranslated} blocks translated ({s_seen.Count} distinct) in {TranslationTime.TotalSeconds:F2} s, {BlocksFailed} failed" +
                 (LastError is null ? "" : $" (last: {LastError})"));
@@ -96,7 +97,7 @@ internal static class BlockTranslator
             code(null, ref dummy); // JIT-compiles it here
             Volatile.Write(ref b.Translated, code);
             Interlocked.Increment(ref s_translated);
-            lock (s_seen) s_seen.Add((b.Rip, b.Phys));
+            if (s_seen is not null) lock (s_seen) s_seen.Add((b.Rip, b.Phys));
             Remember(b);
         }
         catch (Exception e)
