@@ -153,15 +153,22 @@ internal static class BlockTranslator
         private Label _top;
         private LocalBuilder? _budget;
 
-        /// <summary>A block may loop inside its translation only when every instruction in it is translated (no
-        /// interpreter call can change the mode, the TLB or the interrupt state) and it lies in one page.</summary>
-        private bool CanSelfLoop()
+        /// <summary>Entries [0, this) have templates: no interpreter call before them can change the mode, the TLB or the interrupt state.</summary>
+        private int _templatedPrefix;
+
+        /// <summary>
+        /// A branch at entry k back to the block's start may go round inside the translation when everything before it
+        /// is translated (what follows it only runs once the loop is left) and the block lies in one page.
+        /// </summary>
+        private bool CanLoopAt(int k) => _budget is not null && k < _templatedPrefix;
+
+        private static ulong? BranchTarget(in DInsn d) => d.Op switch
         {
-            if (b.Len2 != 0) return false;
-            for (int k = 0; k < _n; k++)
-                if (!IsTemplated(in b.D[k])) return false;
-            return true;
-        }
+            FastOp.Jcc or FastOp.Jmp => d.Imm,
+            FastOp.AluJccRR64 or FastOp.AluJccRI64 or FastOp.AluJccRR32 or FastOp.AluJccRI32 or FastOp.AluJccRM64
+                or FastOp.AluJccRR or FastOp.AluJccRI => d.Target,
+            _ => null,
+        };
 
         public void EmitBlock()
         {
@@ -171,7 +178,10 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Brtrue, body);
             il.Emit(OpCodes.Ret);
             il.MarkLabel(body);
-            if (CanSelfLoop())
+            while (_templatedPrefix < _n && IsTemplated(in b.D[_templatedPrefix])) _templatedPrefix++;
+            bool loops = false;
+            for (int k = 0; k < _templatedPrefix; k++) loops |= BranchTarget(in b.D[k]) == b.Rip;
+            if (loops && b.Len2 == 0)
             {
                 _budget = il.DeclareLocal(typeof(int));
                 I4(SelfLoopBudget);
@@ -253,12 +263,26 @@ internal static class BlockTranslator
                 case FastOp.MovsxdRM: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovsxdRM)); return false;
                 case FastOp.Push: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Push64)); AfterStore(k); return false;
                 case FastOp.Pop: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Pop64)); return false;
+                case FastOp.Jcc when k < _n - 1:
+                {
+                    // A conditional branch inside the block: taken, it leaves the block (the instructions after it
+                    // did not retire), or goes round again if it targets the block's start.
+                    var notTaken = il.DefineLabel();
+                    Condition(d.Alu);
+                    il.Emit(OpCodes.Brfalse, notTaken);
+                    Cpu(); I8Signed(b.Count - k - 1); Call(nameof(Ops.Unretire));
+                    if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
+                    SetRip(d.Imm);
+                    il.Emit(OpCodes.Ret);
+                    il.MarkLabel(notTaken);
+                    return false;
+                }
                 case FastOp.Jcc:
                     Condition(d.Alu);
-                    Branch(d.Imm, d.NextIp);
+                    Branch(d.Imm, d.NextIp, k);
                     return true;
                 case FastOp.Jmp:
-                    if (d.Imm == b.Rip && _budget is not null) { Cpu(); LoopBackOrLeave(); }
+                    if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
                     return true;
@@ -272,15 +296,15 @@ internal static class BlockTranslator
                     return true;
                 case FastOp.AluJccRR64: case FastOp.AluJccRR32:
                     AluRR(ref d, d.Op == FastOp.AluJccRR64 ? nameof(Ops.AluRR64) : nameof(Ops.AluRR32));
-                    FusedBranch(ref d);
+                    FusedBranch(ref d, k);
                     return true;
                 case FastOp.AluJccRI64: case FastOp.AluJccRI32:
                     AluRI(ref d, d.Op == FastOp.AluJccRI64 ? nameof(Ops.AluRI64) : nameof(Ops.AluRI32));
-                    FusedBranch(ref d);
+                    FusedBranch(ref d, k);
                     return true;
                 case FastOp.AluJccRM64:
                     AluRM64(ref d);
-                    FusedBranch(ref d);
+                    FusedBranch(ref d, k);
                     return true;
                 // Forms of any operand size.
                 case FastOp.MovRR: Cpu(); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.MovRR)); return false;
@@ -337,8 +361,8 @@ internal static class BlockTranslator
                     I4(d.Size); Call(nameof(Ops.Imul));
                     return false;
                 }
-                case FastOp.AluJccRR: AluRRSized(ref d); FusedBranch(ref d); return true;
-                case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d); return true;
+                case FastOp.AluJccRR: AluRRSized(ref d); FusedBranch(ref d, k); return true;
+                case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d, k); return true;
                 default:
                     Faults(ref d);
                     Cpu(); il.Emit(OpCodes.Ldarg_0); I4(k); Call(nameof(Ops.Interpret));
@@ -370,18 +394,18 @@ internal static class BlockTranslator
 
         private void IncDec(ref DInsn d, string op, bool dec) { Cpu(); Regs(); I4(d.Dst); Bool(dec); Call(op); }
 
-        private void FusedBranch(ref DInsn d)
+        private void FusedBranch(ref DInsn d, int k)
         {
             Condition(d.Cc);
-            Branch(d.Target, d.JccNext);
+            Branch(d.Target, d.JccNext, k);
         }
 
         /// <summary>With the condition on the stack: RIP = taken ? target : next, then return (or loop, for a branch back to the block's start).</summary>
-        private void Branch(ulong target, ulong next)
+        private void Branch(ulong target, ulong next, int k)
         {
             var notTaken = il.DefineLabel();
             il.Emit(OpCodes.Brfalse, notTaken);
-            if (target == b.Rip && _budget is not null) { Cpu(); LoopBackOrLeave(); }
+            if (target == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
             SetRip(target);
             il.Emit(OpCodes.Ret);
             il.MarkLabel(notTaken);

@@ -376,7 +376,9 @@ public sealed unsafe partial class EmulatorVcpu
                 break;
             }
             count++;
-            if (ins.IsInvalid || ins.FlowControl != FlowControl.Next || EndsBlock(ins.Mnemonic)) break;
+            // A block runs on past conditional branches (a taken one leaves it through _endBlock, as any branch does):
+            // the not-taken path, error checks in kernel code mostly, then costs no new dispatch.
+            if (ins.IsInvalid || ins.FlowControl is not (FlowControl.Next or FlowControl.ConditionalBranch) || EndsBlock(ins.Mnemonic)) break;
         }
         int total = _reader.Position;
         var b = new Block
