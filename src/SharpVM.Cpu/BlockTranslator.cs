@@ -151,6 +151,7 @@ internal static class BlockTranslator
         private readonly int _n = b.RunCount;
         private bool[] _flagsDead = null!;
         private Label _top;
+        private readonly Dictionary<ulong, (int Index, Label Label)> _entryLabels = [];
         private LocalBuilder? _budget;
 
         /// <summary>Entries [0, this) have templates: no interpreter call before them can change the mode, the TLB or the interrupt state.</summary>
@@ -187,10 +188,21 @@ internal static class BlockTranslator
                 I4(SelfLoopBudget);
                 il.Emit(OpCodes.Stloc, _budget);
             }
+            // Labels for the targets of forward conditional branches inside the block.
+            for (int k = 0; k < _n - 1; k++)
+            {
+                if (b.D[k].Op != FastOp.Jcc) continue;
+                for (int j = k + 1; j < _n; j++)
+                    if (b.D[j].Ip == b.D[k].Imm && !_entryLabels.ContainsKey(b.D[j].Ip)) _entryLabels[b.D[j].Ip] = (j, il.DefineLabel());
+            }
             _top = il.DefineLabel();
             il.MarkLabel(_top);
             bool returned = false;
-            for (int k = 0; k < _n; k++) returned = EmitEntry(k);
+            for (int k = 0; k < _n; k++)
+            {
+                if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k) il.MarkLabel(target.Label);
+                returned = EmitEntry(k);
+            }
             if (!returned)
             {
                 // The block ended without a branch (page end, size limit): go on after its last instruction.
@@ -270,6 +282,15 @@ internal static class BlockTranslator
                     var notTaken = il.DefineLabel();
                     Condition(d.Alu);
                     il.Emit(OpCodes.Brfalse, notTaken);
+                    if (_entryLabels.TryGetValue(d.Imm, out var inBlock) && inBlock.Index > k)
+                    {
+                        // A forward branch to an instruction of this block (an if that skips a few): jump there; the
+                        // instructions skipped did not retire.
+                        if (inBlock.Index > k + 1) { Cpu(); I8Signed(inBlock.Index - k - 1); Call(nameof(Ops.Unretire)); }
+                        il.Emit(OpCodes.Br, inBlock.Label);
+                        il.MarkLabel(notTaken);
+                        return false;
+                    }
                     Cpu(); I8Signed(b.Count - k - 1); Call(nameof(Ops.Unretire));
                     if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
                     SetRip(d.Imm);

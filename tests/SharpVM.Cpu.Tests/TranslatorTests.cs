@@ -121,6 +121,49 @@ public sealed class TranslatorTests
         Assert.Equal(interpreted, translated);
     }
 
+    /// <summary>
+    /// A block runs on past conditional branches: a forward one to an instruction of the same block jumps inside the
+    /// translation (the skipped instructions do not retire), one out of the block leaves it, one back to its start
+    /// loops; results, retired counts and a #PF taken after a skip match the interpreter.
+    /// </summary>
+    [Fact]
+    public void ConditionalBranchesInsideABlockMatchTheInterpreter()
+    {
+        (Registers, long, long) Run(bool translated)
+        {
+            using var g = new TestGuest(translated: translated);
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var top = a.CreateLabel(); var skip = a.CreateLabel(); var skip2 = a.CreateLabel(); var outside = a.CreateLabel();
+                a.mov(rcx, 300); a.xor(eax, eax); a.xor(ebx, ebx); a.mov(rdi, 0x200000);
+                a.Label(ref top);
+                a.test(cl, 1);
+                a.jz(skip);             // forward, inside the block: odd rounds add, even rounds skip
+                a.add(rax, rcx);
+                a.inc(rbx);
+                a.Label(ref skip);
+                a.cmp(rcx, 7);
+                a.je(outside);          // leaves the block once, at rcx == 7
+                a.test(cl, 2);
+                a.jnz(skip2);
+                a.mov(__qword_ptr[rdi + rcx * 8], rax);
+                a.Label(ref skip2);
+                a.dec(rcx);
+                a.jnz(top);             // back to the block's start
+                a.hlt();
+                a.Label(ref outside);
+                a.mov(rdx, __qword_ptr[0x4000_0000]); // unmapped: #PF, the handler stub halts
+                a.hlt();
+            });
+            g.Run();
+            return (g.Cpu.GetRegisters(), g.Cpu.InstructionsRetired, g.Cpu.GetSpecialRegisters().Cr2 == 0x4000_0000 ? 1 : 0);
+        }
+        var interpreted = Run(false);
+        var translated = Run(true);
+        Assert.Equal(1, interpreted.Item3);
+        Assert.Equal(interpreted, translated);
+    }
+
     [Fact]
     public void FlagsLivenessFindsTheDeadProducers()
     {
