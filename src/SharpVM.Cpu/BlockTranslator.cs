@@ -348,6 +348,27 @@ internal static class BlockTranslator
                 case FastOp.IncR: case FastOp.DecR:
                     Cpu(); I4(d.Dst); Bool(d.DstHigh); Bool(d.Op == FastOp.DecR); I4(d.Size); Call(nameof(Ops.IncDecR));
                     return false;
+                // 32-bit shifts and 32/64-bit rotates by an immediate have their own templates; a masked count of 0
+                // changes no flag and (32-bit) only zero-extends the register.
+                case FastOp.ShiftRI when d.Size == 4 && !d.DstHigh:
+                {
+                    int count = (int)(d.Imm & 31);
+                    if (count == 0) { Regs(); I4(d.Dst); Regs(); I4(d.Dst); Call(nameof(Ops.Register64)); I8(0xFFFF_FFFF); il.Emit(OpCodes.And); Call(nameof(Ops.MovRI64)); }
+                    else if (_flagsDead[k]) { Regs(); I4(d.Alu); I4(d.Dst); I4(count); Call(nameof(Ops.ShiftResultOnly32)); }
+                    else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(count); Call(nameof(Ops.ShiftRI32)); }
+                    return false;
+                }
+                case FastOpExtra.RotRI when d.Size is 4 or 8 && !d.DstHigh:
+                {
+                    int count = (int)(d.Imm & (d.Size == 8 ? 63u : 31u));
+                    if (count == 0)
+                    {
+                        if (d.Size == 4) { Regs(); I4(d.Dst); Regs(); I4(d.Dst); Call(nameof(Ops.Register64)); I8(0xFFFF_FFFF); il.Emit(OpCodes.And); Call(nameof(Ops.MovRI64)); }
+                        return false;
+                    }
+                    Cpu(); Regs(); Bool(d.Alu == 0); I4(d.Dst); I4(count); I4(d.Size); Call(nameof(Ops.RotateRI));
+                    return false;
+                }
                 case FastOp.ShiftRI: case FastOpExtra.RotRI:
                 {
                     var mn = d.Op == FastOpExtra.RotRI ? (d.Alu == 0 ? Iced.Intel.Mnemonic.Rol : Iced.Intel.Mnemonic.Ror)

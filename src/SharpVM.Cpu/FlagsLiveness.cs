@@ -9,7 +9,7 @@ namespace SharpVM.Cpu;
 /// before anything reads them <b>and before anything can fault</b>: a fault delivers RFLAGS to the guest's handler, which
 /// must see them as the interpreter would. Reaching the block's end keeps them live (the next block may read them),
 /// as does any instruction this analysis does not know: the interpreter, ADC/SBB, INC/DEC (they keep CF), rotates,
-/// shifts of any width other than 64-bit by an immediate, conditions.
+/// shifts other than 32/64-bit ones by an immediate, conditions.
 /// </summary>
 internal static class FlagsLiveness
 {
@@ -35,6 +35,7 @@ internal static class FlagsLiveness
             d.Alu is EmulatorVcpu.OpAdd or EmulatorVcpu.OpOr or EmulatorVcpu.OpAnd or EmulatorVcpu.OpSub or EmulatorVcpu.OpXor
                 or EmulatorVcpu.OpCmp or EmulatorVcpu.OpTest,
         FastOp.ShiftRI64 => (d.Imm & 63) != 0,
+        FastOp.ShiftRI => d.Size == 4 && !d.DstHigh && (d.Imm & 31) != 0,
         FastOp.ImulRR64 => true,
         _ => false,
     };

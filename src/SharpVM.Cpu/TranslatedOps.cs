@@ -179,6 +179,63 @@ public sealed partial class EmulatorVcpu
             g = r;
         }
 
+        /// <summary>SHL/SHR/SAR of a 32-bit register by a non-zero (masked) immediate, as <see cref="Shift"/> computes them.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ShiftRI32(EmulatorVcpu c, ref ulong regs, int kind, int dst, int count)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            uint a = (uint)g, r;
+            bool cf, of;
+            switch (kind)
+            {
+                case 0: r = a << count; cf = ((a >> (32 - count)) & 1) != 0; of = ((r >> 31) != 0) ^ cf; break;
+                case 1: r = a >> count; cf = ((a >> (count - 1)) & 1) != 0; of = count == 1 && (a >> 31) != 0; break;
+                default: r = (uint)((int)a >> count); cf = (((int)a >> (count - 1)) & 1) != 0; of = false; break;
+            }
+            c.SetSzp(r, 4, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+            g = r;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void ShiftResultOnly32(ref ulong regs, int kind, int dst, int count)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            uint a = (uint)g;
+            g = kind switch { 0 => a << count, 1 => a >> count, _ => (uint)((int)a >> count) };
+        }
+
+        /// <summary>
+        /// ROL/ROR of a 32- or 64-bit register by a non-zero (masked) immediate: only CF and OF change, the other flags
+        /// stay (so they are materialized), as <see cref="Shift"/> does it.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void RotateRI(EmulatorVcpu c, ref ulong regs, bool left, int dst, int count, int size)
+        {
+            ref ulong g = ref Reg(ref regs, dst);
+            ulong r;
+            bool cf, of;
+            if (size == 8)
+            {
+                ulong a = g;
+                r = left ? ulong.RotateLeft(a, count) : ulong.RotateRight(a, count);
+                cf = left ? (r & 1) != 0 : (r >> 63) != 0;
+                of = left ? ((r >> 63) != 0) ^ cf : cf ^ (((r >> 62) & 1) != 0);
+            }
+            else
+            {
+                uint a = (uint)g;
+                uint r32 = left ? uint.RotateLeft(a, count) : uint.RotateRight(a, count);
+                r = r32;
+                cf = left ? (r32 & 1) != 0 : (r32 >> 31) != 0;
+                of = left ? ((r32 >> 31) != 0) ^ cf : cf ^ (((r32 >> 30) & 1) != 0);
+            }
+            ulong f = c.Rflags & ~(Flags.CF | Flags.OF);
+            if (cf) f |= Flags.CF;
+            if (of) f |= Flags.OF;
+            c.Rflags = f;
+            g = r;
+        }
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void MovzxRR(EmulatorVcpu c, ref ulong regs, int dst, int src, bool srcHigh, int size) =>
             Reg(ref regs, dst) = c.GetR(src, srcHigh, size);
