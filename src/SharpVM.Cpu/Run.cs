@@ -11,6 +11,7 @@ public sealed unsafe partial class EmulatorVcpu
     private const int MaxBlockInsns = 64;
     private readonly Block?[] _blocks = new Block?[BlockCacheSize];
     private readonly BufferReader _reader = new();
+    private readonly Instruction[] _decodeScratch = new Instruction[MaxBlockInsns];
     private Decoder? _dec16, _dec32, _dec64;
     private uint _blockCounter;
     internal ulong FaultRip;
@@ -348,7 +349,7 @@ public sealed unsafe partial class EmulatorVcpu
         _reader.End = avail;
         var dec = GetDecoder(Bitness);
         dec.IP = rip;
-        var insns = new Instruction[MaxBlockInsns];
+        var insns = _decodeScratch; // the block keeps a copy of the instructions decoded (insns[..count])
         int count = 0;
         int len2 = 0;
         ulong ppn2 = ulong.MaxValue;
