@@ -312,13 +312,7 @@ public sealed unsafe partial class EmulatorVcpu
             case FastOp.ImulRR64 or FastOp.ImulRM64:
             {
                 ulong b = d.Op == FastOp.ImulRR64 ? G(d.Src) : Read(FastLinear(ref d), 8);
-                ulong a = G(d.Dst);
-                // The signed high half from the unsigned product (a MULX, inlined; the signed BigMul is not):
-                // subtract each operand where the other one is negative.
-                ulong hu = Math.BigMul(a, b, out ulong l);
-                ulong h = hu - ((ulong)((long)a >> 63) & b) - ((ulong)((long)b >> 63) & a);
-                SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
-                G(d.Dst) = l;
+                ImulRegister64(ref G(d.Dst), b);
                 return true;
             }
             case FastOp.MovRR: SetR(d.Dst, d.DstHigh, sz, GetR(d.Src, d.SrcHigh, sz)); return true;

@@ -59,38 +59,10 @@ public sealed partial class EmulatorVcpu
             case FastOp.Jcc:
                 if (Cond((ConditionCode)d.Alu)) { Rip = d.Imm; _endBlock = true; }
                 return true;
-            case FastOp.IncR64:
-            {
-                ref ulong g = ref Reg(ref regs, d.Dst);
-                ulong a = g;
-                SetLazy(LazyInc, a, CarryFlag(), a + 1, 8);
-                g = a + 1;
-                return true;
-            }
-            case FastOp.DecR64:
-            {
-                ref ulong g = ref Reg(ref regs, d.Dst);
-                ulong a = g;
-                SetLazy(LazyDec, a, CarryFlag(), a - 1, 8);
-                g = a - 1;
-                return true;
-            }
-            case FastOp.IncR32:
-            {
-                ref ulong g = ref Reg(ref regs, d.Dst);
-                uint a = (uint)g;
-                SetLazy(LazyInc, a, CarryFlag(), a + 1, 4);
-                g = a + 1;
-                return true;
-            }
-            case FastOp.DecR32:
-            {
-                ref ulong g = ref Reg(ref regs, d.Dst);
-                uint a = (uint)g;
-                SetLazy(LazyDec, a, CarryFlag(), a - 1, 4);
-                g = a - 1;
-                return true;
-            }
+            case FastOp.IncR64: IncDecRegister64(ref Reg(ref regs, d.Dst), dec: false); return true;
+            case FastOp.DecR64: IncDecRegister64(ref Reg(ref regs, d.Dst), dec: true); return true;
+            case FastOp.IncR32: IncDecRegister32(ref Reg(ref regs, d.Dst), dec: false); return true;
+            case FastOp.DecR32: IncDecRegister32(ref Reg(ref regs, d.Dst), dec: true); return true;
             case FastOp.Jmp: Rip = d.Imm; _endBlock = true; return true;
             case FastOp.Call:
             {
@@ -128,18 +100,7 @@ public sealed partial class EmulatorVcpu
             case FastOp.ShiftRI64:
             {
                 int c = (int)(d.Imm & 63);
-                if (c == 0) return true;
-                ref ulong g = ref Reg(ref regs, d.Dst);
-                ulong a = g, r;
-                bool cf, of;
-                switch (d.Alu)
-                {
-                    case 0: r = a << c; cf = ((a >> (64 - c)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
-                    case 1: r = a >> c; cf = ((a >> (c - 1)) & 1) != 0; of = c == 1 && (a >> 63) != 0; break;
-                    default: r = (ulong)((long)a >> c); cf = (((long)a >> (c - 1)) & 1) != 0; of = false; break;
-                }
-                SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
-                g = r;
+                if (c != 0) ShiftRegister64(ref Reg(ref regs, d.Dst), d.Alu, c);
                 return true;
             }
             case FastOp.MovzxRRWide: Reg(ref regs, d.Dst) = GetR(d.Src, d.SrcHigh, (int)d.Imm); return true;
@@ -205,6 +166,54 @@ public sealed partial class EmulatorVcpu
             default:
                 return false;
         }
+    }
+
+    // Handlers shared by the block loop and the translator's templates (which call them with constant arguments).
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void IncDecRegister64(ref ulong g, bool dec)
+    {
+        ulong a = g, r = dec ? a - 1 : a + 1;
+        SetLazy(dec ? LazyDec : LazyInc, a, CarryFlag(), r, 8);
+        g = r;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void IncDecRegister32(ref ulong g, bool dec)
+    {
+        uint a = (uint)g, r = dec ? a - 1 : a + 1;
+        SetLazy(dec ? LazyDec : LazyInc, a, CarryFlag(), r, 4);
+        g = r;
+    }
+
+    /// <summary>SHL (kind 0), SHR (1) or SAR (2) of a 64-bit register by a count of 1-63.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void ShiftRegister64(ref ulong g, int kind, int count)
+    {
+        ulong a = g, r;
+        bool cf, of;
+        switch (kind)
+        {
+            case 0: r = a << count; cf = ((a >> (64 - count)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
+            case 1: r = a >> count; cf = ((a >> (count - 1)) & 1) != 0; of = count == 1 && (a >> 63) != 0; break;
+            default: r = (ulong)((long)a >> count); cf = (((long)a >> (count - 1)) & 1) != 0; of = false; break;
+        }
+        SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
+        g = r;
+    }
+
+    /// <summary>
+    /// 64-bit two-operand IMUL into a register. The signed high half comes from the unsigned product (a MULX, inlined;
+    /// the signed BigMul is not): subtract each operand where the other one is negative.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void ImulRegister64(ref ulong dst, ulong b)
+    {
+        ulong a = dst;
+        ulong hu = Math.BigMul(a, b, out ulong l);
+        ulong h = hu - ((ulong)((long)a >> 63) & b) - ((ulong)((long)b >> 63) & a);
+        SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
+        dst = l;
     }
 
     // The register file as a ref hoisted out of the block loop: Gpr is a readonly field, but the JIT would

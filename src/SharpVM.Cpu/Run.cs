@@ -256,8 +256,7 @@ public sealed unsafe partial class EmulatorVcpu
             FaultRip = d.Ip;
             if (s_trace) TraceBlockEntry(b, k, n);
             Rip = d.NextIp;
-            if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
-                Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+            ExecEntry(b, k, ref d, ref regs);
             if (_endBlock)
             {
                 // Entries after k did not run (a fused last entry, k == n - 1, covers two instructions that both ran).
@@ -290,6 +289,17 @@ public sealed unsafe partial class EmulatorVcpu
         if (b.TranslationFailed) return;
         if (!_translation.Background) BlockTranslator.TranslateNow(b);
         else if (!BlockTranslator.Enqueue(b)) b.Runs = 0; // queue full: try again after as many runs
+    }
+
+    /// <summary>
+    /// Runs entry <paramref name="k"/> of a block (RIP already past it): the inlined hot handlers, then the fast paths,
+    /// then the generic interpreter. The block loop and the translator's fallback for untemplated instructions share it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ExecEntry(Block b, int k, ref DInsn d, ref ulong regs)
+    {
+        if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
+            Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
     }
 
     /// <summary>

@@ -145,39 +145,15 @@ public sealed partial class EmulatorVcpu
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void IncDec64(EmulatorVcpu c, ref ulong regs, int dst, bool dec)
-        {
-            ref ulong g = ref Reg(ref regs, dst);
-            ulong a = g, r = dec ? a - 1 : a + 1;
-            c.SetLazy(dec ? LazyDec : LazyInc, a, c.CarryFlag(), r, 8);
-            g = r;
-        }
+        public static void IncDec64(EmulatorVcpu c, ref ulong regs, int dst, bool dec) => c.IncDecRegister64(ref Reg(ref regs, dst), dec);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void IncDec32(EmulatorVcpu c, ref ulong regs, int dst, bool dec)
-        {
-            ref ulong g = ref Reg(ref regs, dst);
-            uint a = (uint)g, r = dec ? a - 1 : a + 1;
-            c.SetLazy(dec ? LazyDec : LazyInc, a, c.CarryFlag(), r, 4);
-            g = r;
-        }
+        public static void IncDec32(EmulatorVcpu c, ref ulong regs, int dst, bool dec) => c.IncDecRegister32(ref Reg(ref regs, dst), dec);
 
         /// <summary>SHL/SHR/SAR of a 64-bit register by a non-zero immediate (a zero count is translated to nothing).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void ShiftRI64(EmulatorVcpu c, ref ulong regs, int kind, int dst, int count)
-        {
-            ref ulong g = ref Reg(ref regs, dst);
-            ulong a = g, r;
-            bool cf, of;
-            switch (kind)
-            {
-                case 0: r = a << count; cf = ((a >> (64 - count)) & 1) != 0; of = ((r >> 63) != 0) ^ cf; break;
-                case 1: r = a >> count; cf = ((a >> (count - 1)) & 1) != 0; of = count == 1 && (a >> 63) != 0; break;
-                default: r = (ulong)((long)a >> count); cf = (((long)a >> (count - 1)) & 1) != 0; of = false; break;
-            }
-            c.SetSzp(r, 8, (cf ? Flags.CF : 0) | (of ? Flags.OF : 0));
-            g = r;
-        }
+        public static void ShiftRI64(EmulatorVcpu c, ref ulong regs, int kind, int dst, int count) =>
+            c.ShiftRegister64(ref Reg(ref regs, dst), kind, count);
 
         /// <summary>SHL/SHR/SAR of a 32-bit register by a non-zero (masked) immediate, as <see cref="Shift"/> computes them.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -387,14 +363,7 @@ public sealed partial class EmulatorVcpu
 
         /// <summary>64-bit two-operand IMUL: the signed high half from the unsigned product (as ExecFast does).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Imul64(EmulatorVcpu c, ref ulong regs, int dst, ulong b)
-        {
-            ulong a = Reg(ref regs, dst);
-            ulong hu = Math.BigMul(a, b, out ulong l);
-            ulong h = hu - ((ulong)((long)a >> 63) & b) - ((ulong)((long)b >> 63) & a);
-            c.SetSzp(l, 8, h != (ulong)((long)l >> 63) ? Flags.CF | Flags.OF : 0);
-            Reg(ref regs, dst) = l;
-        }
+        public static void Imul64(EmulatorVcpu c, ref ulong regs, int dst, ulong b) => c.ImulRegister64(ref Reg(ref regs, dst), b);
 
         // ---- Flag producers whose flags are dead (see FlagsLiveness): the result only, no lazy-flag state.
 
@@ -572,8 +541,6 @@ public sealed partial class EmulatorVcpu
     {
         ref DInsn d = ref b.D[k];
         Rip = d.NextIp;
-        ref ulong regs = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr);
-        if (!ExecHot(ref d, ref regs) && (d.Op == FastOp.None || !(d.Op >= FastOpExtra.First ? ExecFastExtra(ref d) : ExecFast(ref d))))
-            Exec(ref b.Insns[k], b.OpSize[k], b.AddrSize[k]);
+        ExecEntry(b, k, ref d, ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr));
     }
 }
