@@ -34,7 +34,7 @@ internal static class BlockTranslator
     /// <summary>How many times a self-looping block may go round inside its translation before returning to the dispatcher.</summary>
     private const int SelfLoopBudget = 64;
 
-    private static readonly BlockingCollection<Block> s_queue = new(new ConcurrentQueue<Block>(), 4096);
+    private static readonly TranslationQueue s_queue = new(4096);
     private static Thread? s_thread;
     private static readonly Lock s_startLock = new();
     private static long s_translated, s_failed, s_ticks;
@@ -83,7 +83,7 @@ internal static class BlockTranslator
 
     private static void TranslateQueued()
     {
-        foreach (var b in s_queue.GetConsumingEnumerable()) TranslateNow(b);
+        while (true) TranslateNow(s_queue.TakeHottest());
     }
 
     /// <summary>Translates a block and JIT-compiles the result, then publishes it on the block; never throws.</summary>
