@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Reflection;
 using System.Reflection.Emit;
 using Ops = SharpVM.Cpu.EmulatorVcpu.TranslatedOps;
+using Fields = SharpVM.Cpu.EmulatorVcpu.TranslatedFields;
 
 namespace SharpVM.Cpu;
 
@@ -47,8 +48,31 @@ internal static class BlockTranslator
     {
         if (s_seen is not null)
             AppDomain.CurrentDomain.ProcessExit += (_, _) => Console.Error.WriteLine(
-                $"translator: {BlocksTranslated} blocks translated ({s_seen.Count} distinct) in {TranslationTime.TotalSeconds:F2} s, {BlocksFailed} failed" +
+                $"translator: {BlocksTranslated} blocks translated ({s_seen.Count} distinct) in {TranslationTime.TotalSeconds:F2} s" +
+                $" ({ThreadCpuSeconds("sharpvm-transla"):F2} s CPU), {BlocksFailed} failed" +
                 (LastError is null ? "" : $" (last: {LastError})"));
+    }
+
+    /// <summary>
+    /// CPU seconds (user + system) of this process's thread named <paramref name="comm"/> (Linux truncates thread names to
+    /// 15 characters), from /proc; NaN if there is none. The translator's wall time also counts the time it waits for
+    /// a core, which on a busy 2-core machine is much of it.
+    /// </summary>
+    private static double ThreadCpuSeconds(string comm)
+    {
+        try
+        {
+            foreach (var task in Directory.EnumerateDirectories("/proc/self/task"))
+            {
+                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') != comm) continue;
+                string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                // Fields after the parenthesised name: state is field 3, utime and stime are fields 14 and 15.
+                var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                return (double.Parse(f[11]) + double.Parse(f[12])) / 100.0; // USER_HZ is 100 on Linux
+            }
+        }
+        catch (IOException) { }
+        return double.NaN;
     }
 
     /// <summary>Blocks translated so far (all vCPUs of the process).</summary>
@@ -133,6 +157,13 @@ internal static class BlockTranslator
     private static readonly Dictionary<string, MethodInfo> s_ops = typeof(Ops)
         .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
 
+    private static readonly FieldInfo s_parityTable = typeof(Bits).GetField(nameof(Bits.ParityTable))!;
+
+    private static readonly Dictionary<string, MethodInfo> s_calledMemory = typeof(EmulatorVcpu.CalledMemory)
+        .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
+    private static readonly Dictionary<string, MethodInfo> s_inlinedMemory = typeof(EmulatorVcpu.InlinedMemory)
+        .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
+
     private static MethodInfo Op(string name) => s_ops[name];
 
     /// <summary>Builds the IL for a block (see the class comment for the contract it keeps).</summary>
@@ -153,6 +184,15 @@ internal static class BlockTranslator
         private Label _top;
         private readonly Dictionary<ulong, (int Index, Label Label)> _entryLabels = [];
         private LocalBuilder? _budget;
+
+        /// <summary>The entry being emitted, and the last one that is a branch target inside the block.</summary>
+        private int _entry, _labelledEntry = -1;
+
+        /// <summary>
+        /// The entry whose ALU operation (<see cref="_knownAlu"/>, <see cref="_knownSize"/>) left its operands and result in
+        /// temps 0-2 (AluWithLazyFlags), or -1: a condition right after it is computed from those instead of the lazy-flag fields.
+        /// </summary>
+        private int _knownFlagsAt = -1, _knownAlu, _knownSize;
 
         /// <summary>Entries [0, this) have templates: no interpreter call before them can change the mode, the TLB or the interrupt state.</summary>
         private int _templatedPrefix;
@@ -200,7 +240,8 @@ internal static class BlockTranslator
             bool returned = false;
             for (int k = 0; k < _n; k++)
             {
-                if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k) il.MarkLabel(target.Label);
+                if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k) { il.MarkLabel(target.Label); _labelledEntry = k; }
+                _entry = k;
                 returned = EmitEntry(k);
             }
             if (!returned)
@@ -234,24 +275,31 @@ internal static class BlockTranslator
             switch (d.Op)
             {
                 case FastOp.Nop: return false;
-                case FastOp.MovRR64: Regs(); I4(d.Dst); I4(d.Src); Call(nameof(Ops.MovRR64)); return false;
-                case FastOp.MovRI64: Regs(); I4(d.Dst); I8(d.Imm); Call(nameof(Ops.MovRI64)); return false;
-                case FastOp.MovRM64: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovRM64)); return false;
-                case FastOp.MovMR64: Faults(ref d); Cpu(); Regs(); I4(d.Src); Linear(ref d); Call(nameof(Ops.MovMR64)); AfterStore(k); return false;
-                case FastOp.MovRR32: Regs(); I4(d.Dst); I4(d.Src); Call(nameof(Ops.MovRR32)); return false;
-                case FastOp.MovRI32: Regs(); I4(d.Dst); I8((uint)d.Imm); Call(nameof(Ops.MovRI64)); return false;
-                case FastOp.MovRM32: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovRM32)); return false;
-                case FastOp.MovMR32: Faults(ref d); Cpu(); Regs(); I4(d.Src); Linear(ref d); Call(nameof(Ops.MovMR32)); AfterStore(k); return false;
-                case FastOp.Lea64: Regs(); I4(d.Dst); EffectiveAddress(ref d); Call(nameof(Ops.Lea)); return false;
+                case FastOp.MovRR64: RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRI64: RegAddress(d.Dst); I8(d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRM64: Faults(ref d); RegAddress(d.Dst); Load(ref d, 8); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovMR64: { Faults(ref d); int src = d.Src; Store(ref d, 8, () => LoadReg(src)); } AfterStore(k); return false;
+                case FastOp.MovRR32: RegAddress(d.Dst); LoadReg(d.Src); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRI32: RegAddress(d.Dst); I8((uint)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                // A 4-byte load is already zero-extended.
+                case FastOp.MovRM32: Faults(ref d); RegAddress(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovMR32: { Faults(ref d); int src = d.Src; Store(ref d, 4, () => { LoadReg(src); ZeroExtend(4); }); } AfterStore(k); return false;
+                case FastOp.Lea64: RegAddress(d.Dst); EffectiveAddress(ref d); il.Emit(OpCodes.Stind_I8); return false;
                 // A flag-setting ALU operation whose flags nothing can see (FlagsLiveness) computes only its result;
                 // CMP and TEST then do nothing at all.
                 case FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 when _flagsDead[k]:
                     if (d.Alu >= EmulatorVcpu.OpCmp) return false;
-                    Regs(); I4(d.Alu); I4(d.Dst);
-                    if (d.Op is FastOp.AluRR64 or FastOp.AluRR32) { Regs(); I4(d.Src); Call(nameof(Ops.Register64)); }
-                    else I8(d.Imm);
-                    Call(d.Op is FastOp.AluRR64 or FastOp.AluRI64 ? nameof(Ops.AluResultOnly64) : nameof(Ops.AluResultOnly32));
+                {
+                    int size = d.Op is FastOp.AluRR64 or FastOp.AluRI64 ? 8 : 4;
+                    RegAddress(d.Dst);
+                    LoadReg(d.Dst);
+                    if (d.Op is FastOp.AluRR64 or FastOp.AluRR32) LoadReg(d.Src);
+                    else I8(size == 8 ? d.Imm : (uint)d.Imm);
+                    il.Emit(AluOpCode(d.Alu));
+                    ZeroExtend(size);
+                    il.Emit(OpCodes.Stind_I8);
                     return false;
+                }
                 case FastOp.AluRR64: AluRR(ref d, nameof(Ops.AluRR64)); return false;
                 case FastOp.AluRI64: AluRI(ref d, nameof(Ops.AluRI64)); return false;
                 case FastOp.AluRR32: AluRR(ref d, nameof(Ops.AluRR32)); return false;
@@ -263,18 +311,51 @@ internal static class BlockTranslator
                 case FastOp.DecR32: IncDec(ref d, nameof(Ops.IncDec32), true); return false;
                 case FastOp.ShiftRI64:
                     if ((d.Imm & 63) == 0) return false;
-                    if (_flagsDead[k]) { Regs(); I4(d.Alu); I4(d.Dst); I4((int)(d.Imm & 63)); Call(nameof(Ops.ShiftResultOnly64)); }
-                    else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4((int)(d.Imm & 63)); Call(nameof(Ops.ShiftRI64)); }
+                    ShiftImmediate(d.Alu, d.Dst, (int)(d.Imm & 63), 8, !_flagsDead[k]);
                     return false;
-                case FastOp.MovzxRRWide: Cpu(); Regs(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); Call(nameof(Ops.MovzxRR)); return false;
-                case FastOp.MovzxRMWide: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); Call(nameof(Ops.MovzxRM)); return false;
-                case FastOp.SetccR: Cpu(); I4(d.Dst); Bool(d.DstHigh); Condition(d.Alu); Call(nameof(Ops.SetccR)); return false;
-                case FastOp.CmovRR64: Regs(); Condition(d.Alu); I4(d.Dst); I4(d.Src); Call(nameof(Ops.CmovRR64)); return false;
-                case FastOp.CmovRM64: Faults(ref d); Cpu(); Regs(); Condition(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.CmovRM64)); return false;
-                case FastOp.MovsxdRR: Regs(); I4(d.Dst); I4(d.Src); Call(nameof(Ops.MovsxdRR)); return false;
-                case FastOp.MovsxdRM: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Linear(ref d); Call(nameof(Ops.MovsxdRM)); return false;
-                case FastOp.Push: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Push64)); AfterStore(k); return false;
-                case FastOp.Pop: Faults(ref d); Cpu(); Regs(); I4(d.Dst); Call(nameof(Ops.Pop64)); return false;
+                case FastOp.MovzxRRWide: RegAddress(d.Dst); LoadReg(d.Src, d.SrcHigh, (int)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                // Loads of 1 and 2 bytes are zero-extended.
+                case FastOp.MovzxRMWide: Faults(ref d); RegAddress(d.Dst); Load(ref d, (int)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.SetccR:
+                    Condition(d.Alu); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Stloc, Temp(0));
+                    StoreReg(d.Dst, d.DstHigh, 1, () => il.Emit(OpCodes.Ldloc, Temp(0)));
+                    return false;
+                case FastOp.CmovRR64:
+                {
+                    var skip = il.DefineLabel();
+                    Condition(d.Alu); il.Emit(OpCodes.Brfalse, skip);
+                    RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Stind_I8);
+                    il.MarkLabel(skip);
+                    return false;
+                }
+                case FastOp.CmovRM64:
+                {
+                    // The load happens whatever the condition (it may fault), as on hardware.
+                    var skip = il.DefineLabel();
+                    Faults(ref d); Load(ref d, 8); il.Emit(OpCodes.Stloc, Temp(3)); // temps 0-2 may hold the flags' operands
+                    Condition(d.Alu); il.Emit(OpCodes.Brfalse, skip);
+                    RegAddress(d.Dst); il.Emit(OpCodes.Ldloc, Temp(3)); il.Emit(OpCodes.Stind_I8);
+                    il.MarkLabel(skip);
+                    return false;
+                }
+                case FastOp.MovsxdRR: RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovsxdRM: Faults(ref d); RegAddress(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.Push:
+                    // The value is read before RSP changes (PUSH RSP stores the old RSP); RSP changes once the store succeeded.
+                    Faults(ref d);
+                    LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); LoadReg(d.Dst); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    AfterStore(k);
+                    return false;
+                case FastOp.Pop:
+                    // RSP is incremented before the destination is written (POP RSP loads the value popped).
+                    Faults(ref d);
+                    LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); il.Emit(OpCodes.Stloc, Temp(1));
+                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
+                    RegAddress(d.Dst); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stind_I8);
+                    return false;
                 case FastOp.Jcc when k < _n - 1:
                 {
                     // A conditional branch inside the block: taken, it leaves the block (the instructions after it
@@ -286,12 +367,12 @@ internal static class BlockTranslator
                     {
                         // A forward branch to an instruction of this block (an if that skips a few): jump there; the
                         // instructions skipped did not retire.
-                        if (inBlock.Index > k + 1) { Cpu(); I8Signed(inBlock.Index - k - 1); Call(nameof(Ops.Unretire)); }
+                        if (inBlock.Index > k + 1) { Unretire(inBlock.Index - k - 1); }
                         il.Emit(OpCodes.Br, inBlock.Label);
                         il.MarkLabel(notTaken);
                         return false;
                     }
-                    Cpu(); I8Signed(b.Count - k - 1); Call(nameof(Ops.Unretire));
+                    Unretire(b.Count - k - 1);
                     if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
@@ -308,11 +389,19 @@ internal static class BlockTranslator
                     il.Emit(OpCodes.Ret);
                     return true;
                 case FastOp.Call:
-                    Faults(ref d); Cpu(); Regs(); I8(d.NextIp); I8(d.Imm); Call(nameof(Ops.Call64));
+                    Faults(ref d);
+                    LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
                     return true;
                 case FastOp.Ret:
-                    Faults(ref d); Cpu(); Regs(); Call(nameof(Ops.Ret64));
+                    Faults(ref d);
+                    LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
+                    Cpu(); Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load));
+                    il.Emit(OpCodes.Stfld, Fields.Rip);
+                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
                     il.Emit(OpCodes.Ret);
                     return true;
                 case FastOp.AluJccRR64: case FastOp.AluJccRR32:
@@ -328,14 +417,36 @@ internal static class BlockTranslator
                     FusedBranch(ref d, k);
                     return true;
                 // Forms of any operand size.
-                case FastOp.MovRR: Cpu(); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.MovRR)); return false;
-                case FastOp.MovRI: Cpu(); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.MovRI)); return false;
-                case FastOp.MovRM: Faults(ref d); Cpu(); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.MovRM)); return false;
-                case FastOp.MovMR: Faults(ref d); Cpu(); I4(d.Src); Bool(d.SrcHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.MovMR)); AfterStore(k); return false;
-                case FastOp.MovMI: Faults(ref d); Cpu(); Linear(ref d); I8(d.Imm); I4(d.Size); Call(nameof(Ops.MovMI)); AfterStore(k); return false;
+                case FastOp.MovRR: { var s = d; StoreReg(d.Dst, d.DstHigh, d.Size, () => LoadReg(s.Src, s.SrcHigh, s.Size)); return false; }
+                case FastOp.MovRI: { ulong imm = d.Imm; StoreReg(d.Dst, d.DstHigh, d.Size, () => I8(imm)); return false; }
+                case FastOp.MovRM: { Faults(ref d); var s = d; StoreReg(d.Dst, d.DstHigh, d.Size, () => Load(ref s, s.Size)); return false; }
+                case FastOp.MovMR: { Faults(ref d); var s = d; Store(ref d, d.Size, () => LoadReg(s.Src, s.SrcHigh, s.Size)); AfterStore(k); return false; }
+                case FastOp.MovMI: { Faults(ref d); ulong imm = d.Imm; Store(ref d, d.Size, () => I8(imm)); AfterStore(k); return false; }
                 case FastOp.AluRR: AluRRSized(ref d); return false;
                 case FastOp.AluRI: AluRISized(ref d); return false;
+                case FastOp.AluRM when IsLazyAlu(d.Alu):
+                {
+                    Faults(ref d);
+                    var s = d;
+                    AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => Load(ref s, s.Size),
+                        v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
+                    return false;
+                }
                 case FastOp.AluRM: Faults(ref d); Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluRM)); return false;
+                case FastOp.AluMR or FastOp.AluMI when IsLazyAlu(d.Alu):
+                {
+                    // The read asks for write access when the result is stored (see ReadForWrite); the address is computed once.
+                    Faults(ref d);
+                    var s = d;
+                    Linear(ref d); il.Emit(OpCodes.Stloc, Temp(3));
+                    bool stores = d.Alu < EmulatorVcpu.OpCmp;
+                    AluWithLazyFlags(d.Alu, d.Size,
+                        () => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); I4(s.Size); CallMemory(stores ? nameof(EmulatorVcpu.CalledMemory.LoadForWrite) : nameof(EmulatorVcpu.CalledMemory.Load)); },
+                        () => { if (s.Op == FastOp.AluMR) LoadReg(s.Src, s.SrcHigh, s.Size); else I8(s.Imm); },
+                        v => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); I4(s.Size); v(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store)); });
+                    if (stores) AfterStore(k);
+                    return false;
+                }
                 case FastOp.AluMR:
                     Faults(ref d); Cpu(); I4(d.Alu); I4(d.Src); Bool(d.SrcHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluMR));
                     if (d.Alu < EmulatorVcpu.OpCmp) AfterStore(k);
@@ -344,18 +455,20 @@ internal static class BlockTranslator
                     Faults(ref d); Cpu(); I4(d.Alu); Linear(ref d); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluMI));
                     if (d.Alu < EmulatorVcpu.OpCmp) AfterStore(k);
                     return false;
-                case FastOp.Lea: Cpu(); I4(d.Dst); EffectiveAddress(ref d); I4(d.Size); Call(nameof(Ops.LeaSized)); return false;
-                case FastOp.IncR: case FastOp.DecR:
-                    Cpu(); I4(d.Dst); Bool(d.DstHigh); Bool(d.Op == FastOp.DecR); I4(d.Size); Call(nameof(Ops.IncDecR));
+                case FastOp.Lea: { var s = d; StoreReg(d.Dst, false, d.Size, () => EffectiveAddress(ref s)); return false; }
+                case FastOp.IncR or FastOp.DecR:
+                {
+                    var s = d;
+                    IncDecWithLazyFlags(d.Op == FastOp.DecR, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
                     return false;
-                // 32-bit shifts and 32/64-bit rotates by an immediate have their own templates; a masked count of 0
+                }
+                // 32-bit shifts and 32/64-bit rotates by an immediate have their own IL; a masked count of 0
                 // changes no flag and (32-bit) only zero-extends the register.
                 case FastOp.ShiftRI when d.Size == 4 && !d.DstHigh:
                 {
                     int count = (int)(d.Imm & 31);
-                    if (count == 0) { Regs(); I4(d.Dst); Regs(); I4(d.Dst); Call(nameof(Ops.Register64)); I8(0xFFFF_FFFF); il.Emit(OpCodes.And); Call(nameof(Ops.MovRI64)); }
-                    else if (_flagsDead[k]) { Regs(); I4(d.Alu); I4(d.Dst); I4(count); Call(nameof(Ops.ShiftResultOnly32)); }
-                    else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(count); Call(nameof(Ops.ShiftRI32)); }
+                    if (count == 0) { RegAddress(d.Dst); LoadReg(d.Dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
+                    else ShiftImmediate(d.Alu, d.Dst, count, 4, !_flagsDead[k]);
                     return false;
                 }
                 case FastOpExtra.RotRI when d.Size is 4 or 8 && !d.DstHigh:
@@ -363,10 +476,10 @@ internal static class BlockTranslator
                     int count = (int)(d.Imm & (d.Size == 8 ? 63u : 31u));
                     if (count == 0)
                     {
-                        if (d.Size == 4) { Regs(); I4(d.Dst); Regs(); I4(d.Dst); Call(nameof(Ops.Register64)); I8(0xFFFF_FFFF); il.Emit(OpCodes.And); Call(nameof(Ops.MovRI64)); }
+                        if (d.Size == 4) { RegAddress(d.Dst); LoadReg(d.Dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
                         return false;
                     }
-                    Cpu(); Regs(); Bool(d.Alu == 0); I4(d.Dst); I4(count); I4(d.Size); Call(nameof(Ops.RotateRI));
+                    RotateImmediate(d.Alu == 0, d.Dst, count, d.Size);
                     return false;
                 }
                 case FastOp.ShiftRI: case FastOpExtra.RotRI:
@@ -376,10 +489,11 @@ internal static class BlockTranslator
                     Cpu(); I4((int)mn); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.ShiftRI));
                     return false;
                 }
-                case FastOp.MovzxRR: Cpu(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovzxRRSized)); return false;
-                case FastOp.MovzxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovzxRMSized)); return false;
-                case FastOp.MovsxRR: Cpu(); I4(d.Dst); I4(d.Src); Bool(d.SrcHigh); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRR)); return false;
-                case FastOp.MovsxRM: Faults(ref d); Cpu(); I4(d.Dst); Linear(ref d); I4((int)d.Imm); I4(d.Size); Call(nameof(Ops.MovsxRM)); return false;
+                // MOVZX/MOVSX: the source's size is in Imm.
+                case FastOp.MovzxRR: { var s = d; StoreReg(d.Dst, false, d.Size, () => LoadReg(s.Src, s.SrcHigh, (int)s.Imm)); return false; }
+                case FastOp.MovzxRM: { Faults(ref d); var s = d; StoreReg(d.Dst, false, d.Size, () => Load(ref s, (int)s.Imm)); return false; }
+                case FastOp.MovsxRR: { var s = d; StoreReg(d.Dst, false, d.Size, () => { LoadReg(s.Src, s.SrcHigh, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
+                case FastOp.MovsxRM: { Faults(ref d); var s = d; StoreReg(d.Dst, false, d.Size, () => { Load(ref s, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
                 case FastOp.ImulRR64 when _flagsDead[k]:
                     Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.ImulResultOnly64));
                     return false;
@@ -415,26 +529,334 @@ internal static class BlockTranslator
                     }
                     // It may have branched, changed the mode or stored into this block's page: then stop here.
                     var goOn = il.DefineLabel();
-                    Cpu(); Call(nameof(Ops.BlockEnded));
+                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.EndBlock);
                     il.Emit(OpCodes.Brfalse, goOn);
-                    Cpu(); I8Signed(b.Count - k - 1); Call(nameof(Ops.Unretire));
+                    Unretire(b.Count - k - 1);
                     il.Emit(OpCodes.Ret);
                     il.MarkLabel(goOn);
                     return false;
             }
         }
 
-        private void AluRRSized(ref DInsn d) { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR)); }
+        private void AluRRSized(ref DInsn d)
+        {
+            var s = d;
+            if (IsLazyAlu(d.Alu))
+                AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => LoadReg(s.Src, s.SrcHigh, s.Size),
+                    v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
+            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR)); }
+        }
 
-        private void AluRISized(ref DInsn d) { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI)); }
+        private void AluRISized(ref DInsn d)
+        {
+            var s = d;
+            if (IsLazyAlu(d.Alu))
+                AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => I8(s.Imm), v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
+            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI)); }
+        }
 
-        private void AluRR(ref DInsn d, string op) { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op); }
+        /// <summary>Register <paramref name="dst"/> of <paramref name="size"/> bytes (AH-BH with <paramref name="high"/>) = the value <paramref name="value"/> pushes, as SetR writes it: 4 bytes zero-extend, 2 and 1 keep the rest.</summary>
+        private void StoreReg(int dst, bool high, int size, Action value)
+        {
+            RegAddress(dst);
+            switch (size)
+            {
+                case 8: value(); break;
+                case 4: value(); ZeroExtend(4); break;
+                default:
+                    ulong keep = size == 2 ? ~0xFFFFUL : high ? ~0xFF00UL : ~0xFFUL;
+                    LoadReg(dst); I8(keep); il.Emit(OpCodes.And);
+                    value(); ZeroExtend(size);
+                    if (high) { I4(8); il.Emit(OpCodes.Shl); }
+                    il.Emit(OpCodes.Or);
+                    break;
+            }
+            il.Emit(OpCodes.Stind_I8);
+        }
 
-        private void AluRI(ref DInsn d, string op) { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I8(d.Imm); Call(op); }
+        private void AluRR(ref DInsn d, string op)
+        {
+            int src = d.Src;
+            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, op == nameof(Ops.AluRR64) ? 8 : 4, () => LoadReg(src));
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op); }
+        }
 
-        private void AluRM64(ref DInsn d) { Faults(ref d); Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64)); }
+        private void AluRI(ref DInsn d, string op)
+        {
+            ulong imm = op == nameof(Ops.AluRI64) ? d.Imm : (uint)d.Imm;
+            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, op == nameof(Ops.AluRI64) ? 8 : 4, () => I8(imm));
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I8(d.Imm); Call(op); }
+        }
 
-        private void IncDec(ref DInsn d, string op, bool dec) { Cpu(); Regs(); I4(d.Dst); Bool(dec); Call(op); }
+        private void AluRM64(ref DInsn d)
+        {
+            Faults(ref d);
+            if (IsLazyAlu(d.Alu))
+            {
+                Cpu(); Linear(ref d); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); il.Emit(OpCodes.Stloc, Temp(1));
+                AluWithLazyFlags(d.Alu, d.Dst, 8, () => il.Emit(OpCodes.Ldloc, Temp(1)));
+            }
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64)); }
+        }
+
+        /// <summary>The ALU operations whose flags are a lazy state (Alu64/Alu32): ADD, SUB/CMP, AND/TEST, OR, XOR.</summary>
+        private static bool IsLazyAlu(int alu) => alu is EmulatorVcpu.OpAdd or EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp
+            or EmulatorVcpu.OpAnd or EmulatorVcpu.OpTest or EmulatorVcpu.OpOr or EmulatorVcpu.OpXor;
+
+        private static OpCode AluOpCode(int alu) => alu switch
+        {
+            EmulatorVcpu.OpAdd => OpCodes.Add,
+            EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp => OpCodes.Sub,
+            EmulatorVcpu.OpAnd or EmulatorVcpu.OpTest => OpCodes.And,
+            EmulatorVcpu.OpOr => OpCodes.Or,
+            EmulatorVcpu.OpXor => OpCodes.Xor,
+            _ => throw new ArgumentOutOfRangeException(nameof(alu), alu, "not an ALU operation with a lazy-flag state"),
+        };
+
+        /// <summary>
+        /// dst = dst op source, of 8 or 4 bytes, recording the lazy-flag state as Alu64/Alu32 do (operands and result,
+        /// 4-byte ones zero-extended); CMP and TEST keep dst. <paramref name="source"/> pushes the second operand.
+        /// </summary>
+        private void AluWithLazyFlags(int alu, int dst, int size, Action source) =>
+            AluWithLazyFlags(alu, size, () => LoadReg(dst), source, v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
+
+        /// <summary>
+        /// The ALU operation on operands <paramref name="first"/> and <paramref name="second"/> push, of any size, masked and
+        /// recorded as the lazy-flag state as <see cref="EmulatorVcpu.Alu"/> does; unless it is CMP or TEST,
+        /// <paramref name="store"/> then writes the result (which the action it gets pushes). Leaves a, b and the result
+        /// in temps 0, 1 and 2.
+        /// </summary>
+        private void AluWithLazyFlags(int alu, int size, Action first, Action second, Action<Action> store)
+        {
+            first(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
+            second(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(1));
+            il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(AluOpCode(alu)); ZeroExtend(size);
+            il.Emit(OpCodes.Stloc, Temp(2));
+            int state = alu switch
+            {
+                EmulatorVcpu.OpAdd => Fields.LazyAddState,
+                EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp => Fields.LazySubState,
+                _ => Fields.LazyLogicState,
+            };
+            Cpu(); I4(state); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
+            Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
+            if (alu < EmulatorVcpu.OpCmp) store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
+            (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, alu, size);
+        }
+
+        /// <summary>
+        /// Pushes condition <paramref name="cc"/> computed from the operands and result of the ALU operation just emitted
+        /// (in temps 0-2), as Cond would compute it from the lazy state that operation recorded; false (nothing emitted)
+        /// when no such operation precedes this entry directly or the condition needs the materialized flags.
+        /// </summary>
+        private bool TryKnownCondition(int cc)
+        {
+            // Either this entry's own ALU part (a fused compare-and-branch) or the previous entry's, when this entry only
+            // reads the flags and no branch inside the block lands on it.
+            if (_knownFlagsAt < 0) return false;
+            bool fused = _knownFlagsAt == _entry;
+            bool readsOnly = b.D[_entry].Op is FastOp.Jcc or FastOp.SetccR or FastOp.CmovRR64 or FastOp.CmovRM64;
+            if (!fused && !(readsOnly && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)) return false;
+            int state = _knownAlu switch
+            {
+                EmulatorVcpu.OpAdd => Fields.LazyAddState,
+                EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp => Fields.LazySubState,
+                _ => Fields.LazyLogicState,
+            };
+            var c = (Iced.Intel.ConditionCode)cc;
+            switch (c)
+            {
+                case Iced.Intel.ConditionCode.e or Iced.Intel.ConditionCode.ne:
+                    ResultIsZero();
+                    break;
+                case Iced.Intel.ConditionCode.s or Iced.Intel.ConditionCode.ns:
+                    ResultSign();
+                    break;
+                case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazySubState:
+                    il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un);
+                    break;
+                case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyAddState:
+                    il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); // the carry out
+                    break;
+                case Iced.Intel.ConditionCode.a or Iced.Intel.ConditionCode.be when state == Fields.LazySubState:
+                    il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Cgt_Un);
+                    break;
+                case Iced.Intel.ConditionCode.l or Iced.Intel.ConditionCode.ge when state == Fields.LazySubState:
+                    il.Emit(OpCodes.Ldloc, Temp(0)); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, Temp(1)); SignExtend(_knownSize); il.Emit(OpCodes.Clt);
+                    break;
+                case Iced.Intel.ConditionCode.g or Iced.Intel.ConditionCode.le when state == Fields.LazySubState:
+                    il.Emit(OpCodes.Ldloc, Temp(0)); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, Temp(1)); SignExtend(_knownSize); il.Emit(OpCodes.Cgt);
+                    break;
+                // After a logic operation CF = OF = 0: B never, A when not ZF, L when SF, LE when ZF or SF.
+                case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyLogicState:
+                    il.Emit(OpCodes.Ldc_I4_0);
+                    break;
+                case Iced.Intel.ConditionCode.a or Iced.Intel.ConditionCode.be when state == Fields.LazyLogicState:
+                    ResultIsZero(); Not();
+                    break;
+                case Iced.Intel.ConditionCode.l or Iced.Intel.ConditionCode.ge when state == Fields.LazyLogicState:
+                    ResultSign();
+                    break;
+                case Iced.Intel.ConditionCode.g or Iced.Intel.ConditionCode.le when state == Fields.LazyLogicState:
+                    ResultIsZero(); ResultSign(); il.Emit(OpCodes.Or); Not();
+                    break;
+                default:
+                    return false;
+            }
+            // Each case pushes the first condition of its pair (E, S, B, A, L, G); the second is its negation.
+            if (c is Iced.Intel.ConditionCode.ne or Iced.Intel.ConditionCode.ns or Iced.Intel.ConditionCode.ae
+                or Iced.Intel.ConditionCode.be or Iced.Intel.ConditionCode.ge or Iced.Intel.ConditionCode.le)
+                Not();
+            return true;
+        }
+
+        private void ResultIsZero() { il.Emit(OpCodes.Ldloc, Temp(2)); I8(0); il.Emit(OpCodes.Ceq); }
+
+        private void ResultSign()
+        {
+            il.Emit(OpCodes.Ldloc, Temp(2)); I4(_knownSize * 8 - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4);
+        }
+
+        private void IncDec(ref DInsn d, string op, bool dec)
+        {
+            int dst = d.Dst;
+            IncDecWithLazyFlags(dec, op == nameof(Ops.IncDec64) ? 8 : 4, () => LoadReg(dst), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
+        }
+
+        /// <summary>
+        /// INC/DEC as IncDec computes it: the result masked to the size, and a lazy INC/DEC state that keeps the carry
+        /// flag of before (CF does not change).
+        /// </summary>
+        private void IncDecWithLazyFlags(bool dec, int size, Action operand, Action<Action> store)
+        {
+            CarryFlag(); il.Emit(OpCodes.Stloc, Temp(1)); // before anything changes the lazy state (or temps 0-2)
+            operand(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
+            il.Emit(OpCodes.Ldloc, Temp(0)); I8(1); il.Emit(dec ? OpCodes.Sub : OpCodes.Add); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
+            Cpu(); I4(dec ? Fields.LazyDecState : Fields.LazyIncState); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
+            Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
+            store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
+        }
+
+        /// <summary>Pushes CF (0 or 1, a ulong) as CarryFlag reads it: from the ALU operation just emitted if there is one, else from the lazy state.</summary>
+        private void CarryFlag()
+        {
+            if (_knownFlagsAt >= 0 && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)
+            {
+                switch (_knownAlu)
+                {
+                    case EmulatorVcpu.OpAdd: il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
+                    case EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp: il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
+                    default: I8(0); return;
+                }
+            }
+            if (_budget is null)
+            {
+                // Out of line: the switch below costs the JIT ~45 us per INC/DEC (a call, ~1 ns when it runs); blocks that
+                // loop on themselves (where code quality pays) get it inline.
+                Cpu(); Call(nameof(Ops.CarryFlagOf));
+                return;
+            }
+            var none = il.DefineLabel();
+            var add = il.DefineLabel();
+            var sub = il.DefineLabel();
+            var logic = il.DefineLabel();
+            var done = il.DefineLabel();
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp);
+            il.Emit(OpCodes.Switch, [none, add, sub, logic]); // LazyNone, LazyAdd, LazySub, LazyLogic
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyB); il.Emit(OpCodes.Br, done); // LazyInc/LazyDec keep the CF of before in B
+            il.MarkLabel(none);
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(Flags.CF); il.Emit(OpCodes.And); il.Emit(OpCodes.Br, done);
+            il.MarkLabel(add);
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyR); Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyA); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Br, done);
+            il.MarkLabel(sub);
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyA); Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyB); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Br, done);
+            il.MarkLabel(logic);
+            I8(0);
+            il.MarkLabel(done);
+        }
+
+        /// <summary>
+        /// SHL (kind 0), SHR (1) or SAR (2) of a 4- or 8-byte register by a count of 1 to bits-1, as ShiftRegister64 and
+        /// ShiftRI32 compute it; with <paramref name="flags"/>, CF and OF from the bits shifted out and the rest as SetSzp sets them.
+        /// </summary>
+        private void ShiftImmediate(int kind, int dst, int count, int size, bool flags)
+        {
+            int bits = size * 8;
+            LoadReg(dst); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
+            il.Emit(OpCodes.Ldloc, Temp(0));
+            if (kind == 2 && size == 4) { il.Emit(OpCodes.Conv_I4); I4(count); il.Emit(OpCodes.Shr); }
+            else { I4(count); il.Emit(kind == 0 ? OpCodes.Shl : kind == 1 ? OpCodes.Shr_Un : OpCodes.Shr); }
+            ZeroExtend(size);
+            il.Emit(OpCodes.Stloc, Temp(2));
+            if (flags)
+            {
+                // CF: the last bit shifted out (SAR: bit count-1 of the operand, below any sign extension).
+                il.Emit(OpCodes.Ldloc, Temp(0)); I4(kind == 0 ? bits - count : count - 1); il.Emit(OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
+                if (kind == 0)
+                {
+                    // OF = the result's sign XOR CF.
+                    il.Emit(OpCodes.Dup); il.Emit(OpCodes.Ldloc, Temp(2)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Xor);
+                    I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+                }
+                else if (kind == 1 && count == 1)
+                {
+                    // OF = the operand's sign.
+                    il.Emit(OpCodes.Ldloc, Temp(0)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+                }
+                SetSzp(size);
+            }
+            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            _knownFlagsAt = -1;
+        }
+
+        /// <summary>
+        /// With CF/OF (a ulong of flag bits) on the stack and the result (masked to <paramref name="size"/>) in temp 2:
+        /// replaces the arithmetic flags with them plus ZF, SF and PF of the result, as SetSzp does (AF cleared, no lazy state).
+        /// </summary>
+        private void SetSzp(int size)
+        {
+            il.Emit(OpCodes.Ldloc, Temp(2)); I8(0); il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Conv_U8); I4(6); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // ZF
+            il.Emit(OpCodes.Ldloc, Temp(2)); I4(size * 8 - 1); il.Emit(OpCodes.Shr_Un); I4(7); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // SF
+            il.Emit(OpCodes.Ldsfld, s_parityTable); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Conv_U1); il.Emit(OpCodes.Ldelem_U1);
+            il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Or); // PF
+            il.Emit(OpCodes.Stloc, Temp(1));
+            Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(~Flags.Arith); il.Emit(OpCodes.And); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Stfld, Fields.RflagsBits);
+            Cpu(); I4(Fields.LazyNoneState); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+        }
+
+        /// <summary>
+        /// ROL/ROR of a 4- or 8-byte register by a count of 1 to bits-1, as RotateRI computes it: only CF and OF change, so
+        /// a pending lazy state is materialized first.
+        /// </summary>
+        private void RotateImmediate(bool left, int dst, int count, int size)
+        {
+            int bits = size * 8;
+            var materialized = il.DefineLabel();
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); il.Emit(OpCodes.Brfalse, materialized);
+            Cpu(); il.Emit(OpCodes.Call, Fields.MaterializeFlags);
+            il.MarkLabel(materialized);
+            LoadReg(dst); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
+            il.Emit(OpCodes.Ldloc, Temp(0)); I4(left ? count : bits - count); il.Emit(OpCodes.Shl);
+            il.Emit(OpCodes.Ldloc, Temp(0)); I4(left ? bits - count : count); il.Emit(OpCodes.Shr_Un);
+            il.Emit(OpCodes.Or); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
+            // CF: the bit rotated into the low (ROL) or high (ROR) end. OF: ROL, the result's sign XOR CF; ROR, its top two bits differ.
+            il.Emit(OpCodes.Ldloc, Temp(2)); if (!left) { I4(bits - 1); il.Emit(OpCodes.Shr_Un); } I8(1); il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Dup);
+            il.Emit(OpCodes.Ldloc, Temp(2)); I4(left ? bits - 1 : bits - 2); il.Emit(OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Xor); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Stloc, Temp(1));
+            Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(~(Flags.CF | Flags.OF)); il.Emit(OpCodes.And); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Stfld, Fields.RflagsBits);
+            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            _knownFlagsAt = -1;
+        }
 
         private void FusedBranch(ref DInsn d, int k)
         {
@@ -468,39 +890,139 @@ internal static class BlockTranslator
         private void AfterStore(int k)
         {
             var goOn = il.DefineLabel();
-            Cpu(); Call(nameof(Ops.BlockEnded));
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.EndBlock);
             il.Emit(OpCodes.Brfalse, goOn);
             SetRip(b.D[k].NextIp);
-            if (k != _n - 1) { Cpu(); I8Signed(b.Count - k - 1); Call(nameof(Ops.Unretire)); }
+            if (k != _n - 1) { Unretire(b.Count - k - 1); }
             il.Emit(OpCodes.Ret);
             il.MarkLabel(goOn);
         }
 
         /// <summary>Before an instruction that can fault: a fault is then delivered at it, and it and the rest of the block un-counted.</summary>
-        private void Faults(ref DInsn d) { Cpu(); I8(d.Ip); Call(nameof(Ops.SetFaultRip)); }
+        private void Faults(ref DInsn d) { Cpu(); I8(d.Ip); il.Emit(OpCodes.Stfld, Fields.FaultRip); }
 
         /// <summary>Pushes whether condition code <paramref name="cc"/> holds.</summary>
         private void Condition(int cc)
         {
-            string method = Ops.ConditionMethod(cc);
-            Cpu();
-            if (method == nameof(Ops.Condition)) I4(cc);
-            Call(method);
+            if (TryKnownCondition(cc)) return;
+            var slow = il.DefineLabel();
+            var done = il.DefineLabel();
+            switch ((Iced.Intel.ConditionCode)cc)
+            {
+                // ZF from any lazy state (each keeps its result masked to its size, zero exactly when ZF is set).
+                case Iced.Intel.ConditionCode.e or Iced.Intel.ConditionCode.ne:
+                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazyNoneState); il.Emit(OpCodes.Beq, slow);
+                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyR); I8(0); il.Emit(OpCodes.Ceq);
+                    if (cc == (int)Iced.Intel.ConditionCode.ne) Not();
+                    break;
+                // The unsigned orders straight from a lazy SUB/CMP's operands.
+                case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae or Iced.Intel.ConditionCode.a or Iced.Intel.ConditionCode.be:
+                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazySubState); il.Emit(OpCodes.Bne_Un, slow);
+                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyA); Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyB);
+                    bool below = cc is (int)Iced.Intel.ConditionCode.b or (int)Iced.Intel.ConditionCode.ae;
+                    il.Emit(below ? OpCodes.Clt_Un : OpCodes.Cgt_Un);
+                    if (cc is (int)Iced.Intel.ConditionCode.ae or (int)Iced.Intel.ConditionCode.be) Not();
+                    break;
+                default:
+                {
+                    string method = Ops.ConditionMethod(cc);
+                    Cpu();
+                    if (method == nameof(Ops.Condition)) I4(cc);
+                    Call(method);
+                    return;
+                }
+            }
+            il.Emit(OpCodes.Br, done);
+            il.MarkLabel(slow);
+            Cpu(); I4(cc); Call(nameof(Ops.ConditionOutOfLine));
+            il.MarkLabel(done);
         }
 
-        private void SetRip(ulong rip) { Cpu(); I8(rip); Call(nameof(Ops.SetRip)); }
+        private void Not() { il.Emit(OpCodes.Ldc_I4_0); il.Emit(OpCodes.Ceq); }
 
+        /// <summary>The block ended before its last instruction: the <paramref name="notRun"/> after it did not retire (the block counted them all on entry).</summary>
+        private void Unretire(long notRun)
+        {
+            Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.InstructionsRetired); I8Signed(notRun); il.Emit(OpCodes.Sub);
+            il.Emit(OpCodes.Stfld, Fields.InstructionsRetired);
+        }
+
+        private void SetRip(ulong rip) { Cpu(); I8(rip); il.Emit(OpCodes.Stfld, Fields.Rip); }
+
+        /// <summary>Pushes the address of guest register <paramref name="r"/> in the register file.</summary>
+        private void RegAddress(int r)
+        {
+            Regs();
+            if (r != 0) { I4(r * sizeof(ulong)); il.Emit(OpCodes.Add); }
+        }
+
+        private void LoadReg(int r) { RegAddress(r); il.Emit(OpCodes.Ldind_I8); }
+
+        /// <summary>Pushes a register operand of <paramref name="size"/> bytes (or AH-BH with <paramref name="high"/>), zero-extended, as GetR reads it.</summary>
+        private void LoadReg(int r, bool high, int size)
+        {
+            LoadReg(r);
+            if (high) { I4(8); il.Emit(OpCodes.Shr_Un); ZeroExtend(1); }
+            else ZeroExtend(size);
+        }
+
+        /// <summary>Pushes the linear address of d's memory operand (as EmulatorVcpu.Linear computes it; blocks are decoded per bitness).</summary>
         private void Linear(ref DInsn d)
         {
-            Cpu(); Regs(); I4(d.Base); I4(d.Index); I4(d.Scale); I8(d.Disp); I4(d.ASize); I4(d.Seg); I4(b.Bitness);
-            Call(nameof(Ops.LinearAddress));
+            EffectiveAddress(ref d);
+            if (b.Bitness == 64 && d.Seg < EmulatorVcpu.FS) return; // flat
+            Cpu(); I4(d.Seg); Call(nameof(Ops.SegmentBase)); il.Emit(OpCodes.Add);
+            if (b.Bitness != 64) ZeroExtend(4);
         }
 
+        /// <summary>Pushes d's effective address: base + index * scale + displacement, wrapped to the address size.</summary>
         private void EffectiveAddress(ref DInsn d)
         {
-            Regs(); I4(d.Base); I4(d.Index); I4(d.Scale); I8(d.Disp); I4(d.ASize);
-            Call(nameof(Ops.EffectiveAddress));
+            bool any = false;
+            if (d.Base >= 0) { LoadReg(d.Base); any = true; }
+            if (d.Index >= 0)
+            {
+                LoadReg(d.Index);
+                if (d.Scale != 0) { I4(d.Scale); il.Emit(OpCodes.Shl); }
+                if (any) il.Emit(OpCodes.Add);
+                any = true;
+            }
+            if (!any) I8(d.Disp);
+            else if (d.Disp != 0) { I8(d.Disp); il.Emit(OpCodes.Add); }
+            if (d.ASize != 8) ZeroExtend(d.ASize);
         }
+
+        /// <summary>Pushes the <paramref name="size"/>-byte value (zero-extended) at d's memory operand.</summary>
+        private void Load(ref DInsn d, int size) { Cpu(); Linear(ref d); I4(size); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); }
+
+        /// <summary>Stores the value <paramref name="value"/> pushes at d's memory operand.</summary>
+        private void Store(ref DInsn d, int size, Action value) { Cpu(); Linear(ref d); I4(size); value(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store)); }
+
+        /// <summary>Calls guest-memory access <paramref name="name"/> of the block's kind (see EmulatorVcpu.IGuestMemoryAccess).</summary>
+        private void CallMemory(string name) =>
+            il.Emit(OpCodes.Call, (_budget is not null ? s_inlinedMemory : s_calledMemory)[name]);
+
+        /// <summary>Truncates the ulong on the stack to <paramref name="size"/> bytes, zero-extended (nothing for 8).</summary>
+        private void ZeroExtend(int size)
+        {
+            if (size == 8) return;
+            il.Emit(size switch { 4 => OpCodes.Conv_U4, 2 => OpCodes.Conv_U2, _ => OpCodes.Conv_U1 });
+            il.Emit(OpCodes.Conv_U8);
+        }
+
+        /// <summary>Sign-extends the low <paramref name="size"/> bytes of the ulong on the stack to 64 bits.</summary>
+        private void SignExtend(int size)
+        {
+            if (size == 8) return;
+            il.Emit(size switch { 4 => OpCodes.Conv_I4, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I1 });
+            il.Emit(OpCodes.Conv_I8);
+        }
+
+        private const int Rsp = 4;
+
+        /// <summary>Scratch ulong locals, shared by all instructions of the block (the JIT gives each use its own live range).</summary>
+        private readonly LocalBuilder?[] _temps = new LocalBuilder?[4];
+        private LocalBuilder Temp(int i) => _temps[i] ??= il.DeclareLocal(typeof(ulong));
 
         // Arguments: 0 the block (the delegate's target), 1 the vCPU, 2 its register file.
         private void Cpu() => il.Emit(OpCodes.Ldarg_1);

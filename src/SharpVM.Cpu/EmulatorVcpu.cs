@@ -84,7 +84,10 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     private List<CpuidEntry>? _cpuidOverride;
 
     /// <summary>Instructions retired so far (for benchmarks and statistics).</summary>
-    public long InstructionsRetired { get; private set; }
+    public long InstructionsRetired { get => _instructionsRetired; private set => _instructionsRetired = value; }
+
+    /// <summary>The field behind <see cref="InstructionsRetired"/>: translated code adjusts it with its own IL (see TranslatedFields).</summary>
+    internal long _instructionsRetired;
 
     /// <summary>Exceptions raised by guest instructions (page faults included) and delivered so far.</summary>
     public long ExceptionsDelivered { get; private set; }

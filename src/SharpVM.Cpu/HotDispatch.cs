@@ -241,7 +241,7 @@ public sealed partial class EmulatorVcpu
     /// faults, does so before anything changed (FaultRip is its own address). Returns the number of entries
     /// to dispatch.
     /// </summary>
-    private static int FuseCompareAndBranch(DInsn[] d, int count)
+    internal static int FuseCompareAndBranch(DInsn[] d, int count)
     {
         if (count < 2 || d[count - 1].Op != FastOp.Jcc) return count;
         ref DInsn alu = ref d[count - 2];

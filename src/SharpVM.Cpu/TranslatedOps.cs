@@ -59,6 +59,35 @@ public sealed partial class EmulatorVcpu
         public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
     }
 
+    /// <summary>
+    /// The vCPU state that translated code reads and writes with IL of its own (ldfld/stfld) rather than through an
+    /// inlined template: each inlined call costs the JIT several microseconds even when it folds to one store.
+    /// </summary>
+    internal static class TranslatedFields
+    {
+        public static readonly System.Reflection.FieldInfo Rip = Field(nameof(EmulatorVcpu.Rip));
+        public static readonly System.Reflection.FieldInfo FaultRip = Field(nameof(EmulatorVcpu.FaultRip));
+        public static readonly System.Reflection.FieldInfo EndBlock = Field(nameof(_endBlock));
+        public static readonly System.Reflection.FieldInfo InstructionsRetired = Field(nameof(_instructionsRetired));
+        public static readonly System.Reflection.FieldInfo LazyOp = Field(nameof(_lazyOp));
+        public static readonly System.Reflection.FieldInfo LazyA = Field(nameof(_lazyA));
+        public static readonly System.Reflection.FieldInfo LazyB = Field(nameof(_lazyB));
+        public static readonly System.Reflection.FieldInfo LazyR = Field(nameof(_lazyR));
+        public static readonly System.Reflection.FieldInfo LazySz = Field(nameof(_lazySz));
+
+        /// <summary>RFLAGS as stored: the arithmetic flags are only current when there is no lazy state (see Rflags).</summary>
+        public static readonly System.Reflection.FieldInfo RflagsBits = Field(nameof(_flags));
+        public static readonly System.Reflection.MethodInfo MaterializeFlags = typeof(EmulatorVcpu).GetMethod(nameof(EmulatorVcpu.MaterializeFlags),
+            System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!;
+
+        /// <summary>The lazy-flag states (see SetLazy) that translated code records.</summary>
+        public const int LazyNoneState = LazyNone, LazyAddState = LazyAdd, LazySubState = LazySub, LazyLogicState = LazyLogic,
+            LazyIncState = LazyInc, LazyDecState = LazyDec;
+
+        private static System.Reflection.FieldInfo Field(string name) => typeof(EmulatorVcpu).GetField(name,
+            System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)!;
+    }
+
     internal static class TranslatedOps
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -482,7 +511,15 @@ public sealed partial class EmulatorVcpu
         public static bool Condition(EmulatorVcpu c, int cc) => ConditionOutOfLine(c, cc);
 
         [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-        private static bool ConditionOutOfLine(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
+        public static bool ConditionOutOfLine(EmulatorVcpu c, int cc) => c.Cond((ConditionCode)cc);
+
+        /// <summary>CF of the lazy state (or of RFLAGS), for INC/DEC, which keep it.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+        public static ulong CarryFlagOf(EmulatorVcpu c) => c.CarryFlag();
+
+        /// <summary>The base of segment register <paramref name="seg"/> (for addresses that add one).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong SegmentBase(EmulatorVcpu c, int seg) => c.Sregs[seg].Base;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void SetRip(EmulatorVcpu c, ulong rip) => c.Rip = rip;

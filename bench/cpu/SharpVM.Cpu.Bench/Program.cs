@@ -12,7 +12,14 @@ using static Iced.Intel.AssemblerRegisters;
 // per second = loop instructions / (time(N) - time(N0)), N0 a short run that measures start-up.
 //
 // usage: dotnet run -c Release --project bench/cpu/SharpVM.Cpu.Bench [iterations] [--no-qemu]
+//        SharpVM.Cpu.Bench jit [rounds]: the translator's JIT time per block and per instruction form (JitCost.cs)
 // (QEMU runs 20x the iterations.)
+
+if (args.Length > 0 && args[0] == "jit")
+{
+    JitCost.Run(args.Length > 1 && int.TryParse(args[1], out int rounds) ? rounds : 21);
+    return;
+}
 
 long iterations = args.Length > 0 && long.TryParse(args[0], out long n) ? n : 20_000_000;
 bool qemu = !args.Contains("--no-qemu") && File.Exists("/usr/bin/qemu-system-x86_64");
