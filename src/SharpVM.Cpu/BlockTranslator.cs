@@ -17,10 +17,12 @@ internal delegate void TranslatedBlock(EmulatorVcpu? cpu, ref ulong regs);
 
 /// <summary>
 /// The emulator's translator: turns a hot decoded block into IL (a <see cref="DynamicMethod"/>) that the .NET
-/// JIT compiles to host code. Each guest instruction of a form the interpreter's fast paths know becomes a call to its
-/// <see cref="EmulatorVcpu.TranslatedOps"/> template with the instruction's fields as constants, which the JIT
-/// inlines and specialises (no per-instruction dispatch, no operand loads, the ALU switch and register indices
-/// folded away). Other instructions call back into the interpreter for that one instruction. A block that
+/// JIT compiles to host code. Each guest instruction of a form the interpreter's fast paths know becomes IL specialised
+/// to it, with its fields as constants (no per-instruction dispatch, no operand loads): register-file accesses, address
+/// arithmetic, TLB loads and stores, ALU results with their lazy-flag state. Rarer forms call an inlined
+/// <see cref="EmulatorVcpu.TranslatedOps"/> template, whose switches the JIT folds. Direct IL because every inlined call
+/// costs the JIT several microseconds, even one that folds to a single store; the JIT's time is the translator's budget
+/// (SharpVM.Cpu.Bench jit measures it per form). Other instructions call back into the interpreter for that one instruction. A block that
 /// branches back to its own start loops inside its translation (bounded, and never past a pending interrupt or
 /// exit request), so tight loops also skip the block lookup.
 ///
@@ -305,10 +307,10 @@ internal static class BlockTranslator
                 case FastOp.AluRR32: AluRR(ref d, nameof(Ops.AluRR32)); return false;
                 case FastOp.AluRI32: AluRI(ref d, nameof(Ops.AluRI32)); return false;
                 case FastOp.AluRM64: AluRM64(ref d); return false;
-                case FastOp.IncR64: IncDec(ref d, nameof(Ops.IncDec64), false); return false;
-                case FastOp.DecR64: IncDec(ref d, nameof(Ops.IncDec64), true); return false;
-                case FastOp.IncR32: IncDec(ref d, nameof(Ops.IncDec32), false); return false;
-                case FastOp.DecR32: IncDec(ref d, nameof(Ops.IncDec32), true); return false;
+                case FastOp.IncR64: IncDec(ref d, 8, false); return false;
+                case FastOp.DecR64: IncDec(ref d, 8, true); return false;
+                case FastOp.IncR32: IncDec(ref d, 4, false); return false;
+                case FastOp.DecR32: IncDec(ref d, 4, true); return false;
                 case FastOp.ShiftRI64:
                     if ((d.Imm & 63) == 0) return false;
                     ShiftImmediate(d.Alu, d.Dst, (int)(d.Imm & 63), 8, !_flagsDead[k]);
@@ -720,10 +722,10 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Ldloc, Temp(2)); I4(_knownSize * 8 - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4);
         }
 
-        private void IncDec(ref DInsn d, string op, bool dec)
+        private void IncDec(ref DInsn d, int size, bool dec)
         {
             int dst = d.Dst;
-            IncDecWithLazyFlags(dec, op == nameof(Ops.IncDec64) ? 8 : 4, () => LoadReg(dst), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
+            IncDecWithLazyFlags(dec, size, () => LoadReg(dst), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
         }
 
         /// <summary>
@@ -905,16 +907,24 @@ internal static class BlockTranslator
         private void Condition(int cc)
         {
             if (TryKnownCondition(cc)) return;
+            if (cc is (int)Iced.Intel.ConditionCode.e or (int)Iced.Intel.ConditionCode.ne)
+            {
+                // ZF without a branch (a diamond costs the JIT ~10 us): from the lazy result if there is a lazy state (each
+                // keeps its result masked to its size, zero exactly when ZF is set), else from RFLAGS.
+                Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazyNoneState); il.Emit(OpCodes.Cgt_Un);
+                Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyR); I8(0); il.Emit(OpCodes.Ceq);
+                il.Emit(OpCodes.And);
+                Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazyNoneState); il.Emit(OpCodes.Ceq);
+                Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I4(6); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4); I4(1); il.Emit(OpCodes.And);
+                il.Emit(OpCodes.And);
+                il.Emit(OpCodes.Or);
+                if (cc == (int)Iced.Intel.ConditionCode.ne) Not();
+                return;
+            }
             var slow = il.DefineLabel();
             var done = il.DefineLabel();
             switch ((Iced.Intel.ConditionCode)cc)
             {
-                // ZF from any lazy state (each keeps its result masked to its size, zero exactly when ZF is set).
-                case Iced.Intel.ConditionCode.e or Iced.Intel.ConditionCode.ne:
-                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazyNoneState); il.Emit(OpCodes.Beq, slow);
-                    Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyR); I8(0); il.Emit(OpCodes.Ceq);
-                    if (cc == (int)Iced.Intel.ConditionCode.ne) Not();
-                    break;
                 // The unsigned orders straight from a lazy SUB/CMP's operands.
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae or Iced.Intel.ConditionCode.a or Iced.Intel.ConditionCode.be:
                     Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); I4(Fields.LazySubState); il.Emit(OpCodes.Bne_Un, slow);
@@ -925,7 +935,9 @@ internal static class BlockTranslator
                     break;
                 default:
                 {
-                    string method = Ops.ConditionMethod(cc);
+                    // The signed orders get their lazy SUB/CMP fast path inline in blocks that loop on themselves (it costs
+                    // the JIT two size switches); everything else asks Cond.
+                    string method = _budget is not null ? Ops.ConditionMethod(cc) : nameof(Ops.Condition);
                     Cpu();
                     if (method == nameof(Ops.Condition)) I4(cc);
                     Call(method);
