@@ -375,7 +375,7 @@ internal static class BlockTranslator
                         return false;
                     }
                     Unretire(b.Count - k - 1);
-                    if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
+                    if (d.Imm == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
                     il.MarkLabel(notTaken);
@@ -386,7 +386,7 @@ internal static class BlockTranslator
                     Branch(d.Imm, d.NextIp, k);
                     return true;
                 case FastOp.Jmp:
-                    if (d.Imm == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
+                    if (d.Imm == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
                     return true;
@@ -871,7 +871,7 @@ internal static class BlockTranslator
         {
             var notTaken = il.DefineLabel();
             il.Emit(OpCodes.Brfalse, notTaken);
-            if (target == b.Rip && CanLoopAt(k)) { Cpu(); LoopBackOrLeave(); }
+            if (target == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
             SetRip(target);
             il.Emit(OpCodes.Ret);
             il.MarkLabel(notTaken);
@@ -879,13 +879,21 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Ret);
         }
 
-        /// <summary>With the vCPU on the stack: go round again (counting the block's instructions) if allowed.</summary>
+        /// <summary>
+        /// Goes round again (counting the block's instructions) unless the budget of rounds is spent or an interrupt, an
+        /// exit request or a wake-up is pending; else falls through (to leave the block).
+        /// </summary>
         private void LoopBackOrLeave()
         {
-            il.Emit(OpCodes.Ldloca, _budget!);
-            I8Signed(b.Count);
-            Call(nameof(Ops.MayLoop));
-            il.Emit(OpCodes.Brtrue, _top);
+            var leave = il.DefineLabel();
+            il.Emit(OpCodes.Ldloc, _budget!); I4(1); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, _budget!);
+            I4(0); il.Emit(OpCodes.Ble, leave);
+            Cpu(); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, Fields.IrqHint); il.Emit(OpCodes.Brtrue, leave);
+            Cpu(); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, Fields.ExitRequested); il.Emit(OpCodes.Brtrue, leave);
+            Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.InstructionsRetired); I8Signed(b.Count); il.Emit(OpCodes.Add);
+            il.Emit(OpCodes.Stfld, Fields.InstructionsRetired);
+            il.Emit(OpCodes.Br, _top);
+            il.MarkLabel(leave);
         }
 
         /// <summary>After an instruction that stores: if it wrote into the running code's page, end the block after it.</summary>

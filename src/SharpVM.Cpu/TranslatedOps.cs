@@ -60,6 +60,8 @@ public sealed partial class EmulatorVcpu
         public static readonly System.Reflection.FieldInfo FaultRip = Field(nameof(EmulatorVcpu.FaultRip));
         public static readonly System.Reflection.FieldInfo EndBlock = Field(nameof(_endBlock));
         public static readonly System.Reflection.FieldInfo InstructionsRetired = Field(nameof(_instructionsRetired));
+        public static readonly System.Reflection.FieldInfo IrqHint = Field(nameof(_irqHint));
+        public static readonly System.Reflection.FieldInfo ExitRequested = Field(nameof(_exitRequested));
         public static readonly System.Reflection.FieldInfo LazyOp = Field(nameof(_lazyOp));
         public static readonly System.Reflection.FieldInfo LazyA = Field(nameof(_lazyA));
         public static readonly System.Reflection.FieldInfo LazyB = Field(nameof(_lazyB));
@@ -245,18 +247,6 @@ public sealed partial class EmulatorVcpu
         /// <summary>The base of segment register <paramref name="seg"/> (for addresses that add one).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static ulong SegmentBase(EmulatorVcpu c, int seg) => c.Sregs[seg].Base;
-
-        /// <summary>
-        /// Whether a block that branches back to itself may run again without returning to the dispatcher:
-        /// not when an interrupt, an exit request or a wake-up is pending, and at most <paramref name="budget"/> times.
-        /// </summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static bool MayLoop(EmulatorVcpu c, ref int budget, long count)
-        {
-            if (--budget <= 0 || c._irqHint || c._exitRequested != 0) return false;
-            c.InstructionsRetired += count;
-            return true;
-        }
 
         /// <summary>An instruction the translator has no template for: run it as the interpreter's block loop would.</summary>
         [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]

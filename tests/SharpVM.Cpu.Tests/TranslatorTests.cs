@@ -164,6 +164,54 @@ public sealed class TranslatorTests
         Assert.Equal(interpreted, translated);
     }
 
+    /// <summary>
+    /// A condition right after an ALU operation is computed from that operation's operands, unless a branch inside the
+    /// block lands on it: then the flags may come from another producer (here the CMP, whose B holds, where the ADD
+    /// before the target gives no carry). Each variant reads them with a different consumer.
+    /// </summary>
+    [Theory]
+    [InlineData("jb")]
+    [InlineData("setb")]
+    [InlineData("cmovb")]
+    [InlineData("adc")]
+    public void AConditionAtABranchTargetReadsTheFlagsOfThePathTaken(string consumer)
+    {
+        (Registers, long) Run(bool translated)
+        {
+            using var g = new TestGuest(translated: translated);
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var target = a.CreateLabel(); var taken = a.CreateLabel();
+                a.mov(eax, 5); a.mov(ebx, 7); a.mov(ecx, 1); a.mov(edx, 1); a.mov(esi, 0x55); a.xor(r8d, r8d); a.xor(r9d, r9d);
+                a.cmp(rax, rbx);        // 5 - 7: CF set
+                a.jne(target);          // taken, forward inside the block: skips the ADD
+                a.add(rcx, rdx);        // 1 + 1: CF clear
+                a.Label(ref target);
+                switch (consumer)
+                {
+                    case "jb": a.jb(taken); break;
+                    case "setb": a.setb(r8b); break;
+                    case "cmovb": a.cmovb(r8, rsi); break;
+                    default: a.adc(r8, 0); break;
+                }
+                a.mov(r9d, 1);
+                a.hlt();
+                a.Label(ref taken);
+                a.mov(r9d, 2);
+                a.hlt();
+            });
+            var exit = g.Run();
+            Assert.Equal(VcpuExitReason.Halt, exit.Reason);
+            return (g.Cpu.GetRegisters(), g.Cpu.InstructionsRetired);
+        }
+        var interpreted = Run(false);
+        var translated = Run(true);
+        // The CMP's carry reached the consumer: JB taken, SETB/ADC 1, CMOVB moved.
+        Assert.Equal(consumer == "jb" ? 2UL : 1UL, interpreted.Item1.R9);
+        Assert.Equal(consumer switch { "jb" => 0UL, "cmovb" => 0x55UL, _ => 1UL }, interpreted.Item1.R8);
+        Assert.Equal(interpreted, translated);
+    }
+
     [Fact]
     public void FlagsLivenessFindsTheDeadProducers()
     {

@@ -65,10 +65,13 @@ static class JitCost
         ("interpreted (cpuid)", a => a.cpuid()),
     ];
 
-    public static void Run(int rounds)
+    /// <param name="selfLooping">End each block with a JMP to its own start instead of away: the translator then inlines
+    /// the TLB fast path and a few other helpers (such blocks run many rounds per entry).</param>
+    public static void Run(int rounds, bool selfLooping)
     {
-        var baseline = Block(_ => { });
-        var blocks = Forms.Select(f => Block(a => { for (int k = 0; k < Copies; k++) f.Emit(a); })).ToArray();
+        ulong exit = selfLooping ? Rip : Rip + 0x20_0000;
+        var baseline = Block(_ => { }, exit);
+        var blocks = Forms.Select(f => Block(a => { for (int k = 0; k < Copies; k++) f.Emit(a); }, exit)).ToArray();
         // Warm up the translator's own code (and the JIT's first-use costs) before measuring.
         for (int r = 0; r < 3; r++) { Time(baseline()); foreach (var b in blocks) Time(b()); }
 
@@ -80,7 +83,7 @@ static class JitCost
             for (int f = 0; f < blocks.Length; f++) times[f].Add(Time(blocks[f]()));
         }
         double baseEmit = Median(baseTimes.Select(t => t.Emit)), baseJit = Median(baseTimes.Select(t => t.Jit));
-        Console.WriteLine($"JIT cost per block (a lone JMP; median of {rounds}): translate {baseEmit:F1} us + JIT {baseJit:F1} us = {baseEmit + baseJit:F1} us");
+        Console.WriteLine($"{(selfLooping ? "Self-looping blocks. " : "")}JIT cost per block (a lone JMP; median of {rounds}): translate {baseEmit:F1} us + JIT {baseJit:F1} us = {baseEmit + baseJit:F1} us");
         Console.WriteLine($"{"form",-22} {"us/copy",8} {"(emit",7} {"jit)",7}   block of {Copies} + JMP, us");
         for (int f = 0; f < blocks.Length; f++)
         {
@@ -107,12 +110,12 @@ static class JitCost
         return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    /// <summary>A factory of fresh blocks (each translation gets its own DynamicMethod anyway): the body, then a JMP away.</summary>
-    private static Func<Block> Block(Action<Assembler> body)
+    /// <summary>A factory of fresh blocks (each translation gets its own DynamicMethod anyway): the body, then a JMP to <paramref name="exit"/>.</summary>
+    private static Func<Block> Block(Action<Assembler> body, ulong exit)
     {
         var a = new Assembler(64);
         body(a);
-        a.jmp(Rip + 0x20_0000);
+        a.jmp(exit);
         var w = new ListWriter();
         a.Assemble(w, Rip);
         byte[] bytes = w.Bytes.ToArray();

@@ -12,12 +12,12 @@ using static Iced.Intel.AssemblerRegisters;
 // per second = loop instructions / (time(N) - time(N0)), N0 a short run that measures start-up.
 //
 // usage: dotnet run -c Release --project bench/cpu/SharpVM.Cpu.Bench [iterations] [--no-qemu]
-//        SharpVM.Cpu.Bench jit [rounds]: the translator's JIT time per block and per instruction form (JitCost.cs)
+//        SharpVM.Cpu.Bench jit [rounds] [--loop]: the translator's JIT time per block and per instruction form (JitCost.cs)
 // (QEMU runs 20x the iterations.)
 
 if (args.Length > 0 && args[0] == "jit")
 {
-    JitCost.Run(args.Length > 1 && int.TryParse(args[1], out int rounds) ? rounds : 21);
+    JitCost.Run(args.Length > 1 && int.TryParse(args[1], out int rounds) ? rounds : 21, args.Contains("--loop"));
     return;
 }
 
