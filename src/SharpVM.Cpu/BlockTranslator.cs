@@ -159,6 +159,7 @@ internal static class BlockTranslator
     private static readonly Dictionary<string, MethodInfo> s_ops = typeof(Ops)
         .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
 
+    private static readonly MethodInfo s_bigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
     private static readonly FieldInfo s_parityTable = typeof(Bits).GetField(nameof(Bits.ParityTable))!;
 
     private static readonly Dictionary<string, MethodInfo> s_calledMemory = typeof(EmulatorVcpu.CalledMemory)
@@ -497,13 +498,15 @@ internal static class BlockTranslator
                 case FastOp.MovsxRR: { var s = d; StoreReg(d.Dst, false, d.Size, () => { LoadReg(s.Src, s.SrcHigh, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
                 case FastOp.MovsxRM: { Faults(ref d); var s = d; StoreReg(d.Dst, false, d.Size, () => { Load(ref s, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
                 case FastOp.ImulRR64 when _flagsDead[k]:
-                    Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.ImulResultOnly64));
+                    RegAddress(d.Dst); LoadReg(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Mul); il.Emit(OpCodes.Stind_I8);
                     return false;
                 case FastOp.ImulRR64:
-                    Cpu(); Regs(); I4(d.Dst); Regs(); I4(d.Src); Call(nameof(Ops.Register64)); Call(nameof(Ops.Imul64));
+                    LoadReg(d.Src); il.Emit(OpCodes.Stloc, Temp(1));
+                    Imul64WithFlags(d.Dst);
                     return false;
                 case FastOp.ImulRM64:
-                    Faults(ref d); Cpu(); Regs(); I4(d.Dst); Cpu(); Linear(ref d); Call(nameof(Ops.Load64)); Call(nameof(Ops.Imul64));
+                    Faults(ref d); Load(ref d, 8); il.Emit(OpCodes.Stloc, Temp(1));
+                    Imul64WithFlags(d.Dst);
                     return false;
                 case FastOpExtra.ImulRR: case FastOpExtra.ImulRM: case FastOpExtra.ImulRRI: case FastOpExtra.ImulRMI:
                 {
@@ -816,6 +819,29 @@ internal static class BlockTranslator
             RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
             _knownFlagsAt = -1;
         }
+
+        /// <summary>
+        /// dst = dst * temp 1 (64-bit two-operand IMUL) as ImulRegister64 computes it: CF and OF when the signed product
+        /// does not fit 64 bits (its high half, from the unsigned one, differs from the low half's sign), the rest as
+        /// SetSzp sets them.
+        /// </summary>
+        private void Imul64WithFlags(int dst)
+        {
+            _bigMulLow ??= il.DeclareLocal(typeof(ulong)); // its address is taken: not one of the shared temps
+            LoadReg(dst); il.Emit(OpCodes.Stloc, Temp(0));
+            il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Ldloca, _bigMulLow);
+            il.Emit(OpCodes.Call, s_bigMul);
+            // high = unsigned high - (a < 0 ? b : 0) - (b < 0 ? a : 0)
+            il.Emit(OpCodes.Ldloc, Temp(0)); I4(63); il.Emit(OpCodes.Shr); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.And); il.Emit(OpCodes.Sub);
+            il.Emit(OpCodes.Ldloc, Temp(1)); I4(63); il.Emit(OpCodes.Shr); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.And); il.Emit(OpCodes.Sub);
+            il.Emit(OpCodes.Ldloc, _bigMulLow); il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, Temp(2)); I4(63); il.Emit(OpCodes.Shr);
+            il.Emit(OpCodes.Ceq); Not(); il.Emit(OpCodes.Conv_U8); I8(Flags.CF | Flags.OF); il.Emit(OpCodes.Mul);
+            SetSzp(8);
+            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            _knownFlagsAt = -1;
+        }
+
+        private LocalBuilder? _bigMulLow;
 
         /// <summary>
         /// With CF/OF (a ulong of flag bits) on the stack and the result (masked to <paramref name="size"/>) in temp 2:

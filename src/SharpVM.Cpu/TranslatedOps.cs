@@ -177,21 +177,7 @@ public sealed partial class EmulatorVcpu
             if (count != 0 || size == 4) c.SetR(dst, dstHigh, size, res);
         }
 
-        /// <summary>64-bit two-operand IMUL: the signed high half from the unsigned product (as ExecFast does).</summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Imul64(EmulatorVcpu c, ref ulong regs, int dst, ulong b) => c.ImulRegister64(ref Reg(ref regs, dst), b);
-
         // ---- Flag producers whose flags are dead (see FlagsLiveness): the result only, no lazy-flag state.
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void ImulResultOnly64(ref ulong regs, int dst, ulong b) => Reg(ref regs, dst) *= b;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static ulong Register64(ref ulong regs, int idx) => Reg(ref regs, idx);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static ulong Load64<TMem>(EmulatorVcpu c, ulong la)
-            where TMem : struct, IGuestMemoryAccess => TMem.Load(c, la, 8);
 
         /// <summary>IMUL r, r/m (and r, r/m, imm) of 16/32/64 bits through the interpreter's Imul2.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
