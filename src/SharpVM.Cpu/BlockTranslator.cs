@@ -667,6 +667,7 @@ internal static class BlockTranslator
             if (!fused && !(readsOnly && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)) return false;
             int state = _knownAlu switch
             {
+                KnownIncDec => Fields.LazyIncState, // INC or DEC: ZF and SF from the result, CF kept from before
                 EmulatorVcpu.OpAdd => Fields.LazyAddState,
                 EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp => Fields.LazySubState,
                 _ => Fields.LazyLogicState,
@@ -682,6 +683,9 @@ internal static class BlockTranslator
                     break;
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazySubState:
                     il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un);
+                    break;
+                case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyIncState:
+                    il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Conv_I4);
                     break;
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyAddState:
                     il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); // the carry out
@@ -746,15 +750,43 @@ internal static class BlockTranslator
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
             Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
             store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
+            (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, KnownIncDec, size);
         }
 
-        /// <summary>Pushes CF (0 or 1, a ulong) as CarryFlag reads it: from the ALU operation just emitted if there is one, else from the lazy state.</summary>
+        /// <summary>The <see cref="_knownAlu"/> of an INC/DEC: the operand, the CF kept and the result are in temps 0-2.</summary>
+        private const int KnownIncDec = -1;
+
+        /// <summary>
+        /// With CF (0 or 1, a ulong) on the stack, which this entry sets as the flags' only state (a shift, rotate or IMUL
+        /// with SetSzp; the value stays on the stack): keeps a copy for an INC/DEC right after it (see <see cref="CarryFlag"/>).
+        /// </summary>
+        private void RememberCarry()
+        {
+            _carry ??= il.DeclareLocal(typeof(ulong));
+            il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, _carry);
+            _knownCarryAt = _entry;
+        }
+
+        /// <summary>The entry whose CF <see cref="_carry"/> holds (<see cref="RememberCarry"/>), or -1.</summary>
+        private int _knownCarryAt = -1;
+        private LocalBuilder? _carry;
+
+        /// <summary>
+        /// Pushes CF (0 or 1, a ulong) as CarryFlag reads it: from the ALU operation, shift, rotate or IMUL just emitted if
+        /// there is one (and no branch inside the block lands here), else from the lazy state.
+        /// </summary>
         private void CarryFlag()
         {
+            if (_knownCarryAt >= 0 && _knownCarryAt == _entry - 1 && _labelledEntry != _entry)
+            {
+                il.Emit(OpCodes.Ldloc, _carry!);
+                return;
+            }
             if (_knownFlagsAt >= 0 && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)
             {
                 switch (_knownAlu)
                 {
+                    case KnownIncDec: il.Emit(OpCodes.Ldloc, Temp(1)); return; // the CF it kept
                     case EmulatorVcpu.OpAdd: il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
                     case EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp: il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
                     default: I8(0); return;
@@ -803,6 +835,7 @@ internal static class BlockTranslator
             {
                 // CF: the last bit shifted out (SAR: bit count-1 of the operand, below any sign extension).
                 il.Emit(OpCodes.Ldloc, Temp(0)); I4(kind == 0 ? bits - count : count - 1); il.Emit(OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
+                RememberCarry();
                 if (kind == 0)
                 {
                     // OF = the result's sign XOR CF.
@@ -835,7 +868,7 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Ldloc, Temp(0)); I4(63); il.Emit(OpCodes.Shr); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.And); il.Emit(OpCodes.Sub);
             il.Emit(OpCodes.Ldloc, Temp(1)); I4(63); il.Emit(OpCodes.Shr); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.And); il.Emit(OpCodes.Sub);
             il.Emit(OpCodes.Ldloc, _bigMulLow); il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, Temp(2)); I4(63); il.Emit(OpCodes.Shr);
-            il.Emit(OpCodes.Ceq); Not(); il.Emit(OpCodes.Conv_U8); I8(Flags.CF | Flags.OF); il.Emit(OpCodes.Mul);
+            il.Emit(OpCodes.Ceq); Not(); il.Emit(OpCodes.Conv_U8); RememberCarry(); I8(Flags.CF | Flags.OF); il.Emit(OpCodes.Mul);
             SetSzp(8);
             RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
             _knownFlagsAt = -1;
@@ -877,6 +910,7 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Or); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
             // CF: the bit rotated into the low (ROL) or high (ROR) end. OF: ROL, the result's sign XOR CF; ROR, its top two bits differ.
             il.Emit(OpCodes.Ldloc, Temp(2)); if (!left) { I4(bits - 1); il.Emit(OpCodes.Shr_Un); } I8(1); il.Emit(OpCodes.And);
+            RememberCarry();
             il.Emit(OpCodes.Dup);
             il.Emit(OpCodes.Ldloc, Temp(2)); I4(left ? bits - 1 : bits - 2); il.Emit(OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
             il.Emit(OpCodes.Xor); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);

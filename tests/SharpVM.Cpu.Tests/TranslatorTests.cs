@@ -165,16 +165,20 @@ public sealed class TranslatorTests
     }
 
     /// <summary>
-    /// A condition right after an ALU operation is computed from that operation's operands, unless a branch inside the
-    /// block lands on it: then the flags may come from another producer (here the CMP, whose B holds, where the ADD
-    /// before the target gives no carry). Each variant reads them with a different consumer.
+    /// A condition (or INC/DEC's kept CF) right after an ALU operation or a shift is computed from that instruction's
+    /// operands, unless a branch inside the block lands on it: then the flags may come from another producer (here the
+    /// CMP, whose B holds, where the ADD or SHL before the target leaves CF clear). Each variant reads them differently.
     /// </summary>
     [Theory]
-    [InlineData("jb")]
-    [InlineData("setb")]
-    [InlineData("cmovb")]
-    [InlineData("adc")]
-    public void AConditionAtABranchTargetReadsTheFlagsOfThePathTaken(string consumer)
+    [InlineData("add", "jb")]
+    [InlineData("add", "setb")]
+    [InlineData("add", "cmovb")]
+    [InlineData("add", "adc")]
+    [InlineData("add", "inc+setb")]
+    [InlineData("shl", "jb")]
+    [InlineData("shl", "inc+setb")]
+    [InlineData("shl", "dec+cmovb")]
+    public void AConditionAtABranchTargetReadsTheFlagsOfThePathTaken(string producer, string consumer)
     {
         (Registers, long) Run(bool translated)
         {
@@ -184,15 +188,18 @@ public sealed class TranslatorTests
                 var target = a.CreateLabel(); var taken = a.CreateLabel();
                 a.mov(eax, 5); a.mov(ebx, 7); a.mov(ecx, 1); a.mov(edx, 1); a.mov(esi, 0x55); a.xor(r8d, r8d); a.xor(r9d, r9d);
                 a.cmp(rax, rbx);        // 5 - 7: CF set
-                a.jne(target);          // taken, forward inside the block: skips the ADD
-                a.add(rcx, rdx);        // 1 + 1: CF clear
+                a.jne(target);          // taken, forward inside the block: skips the producer
+                if (producer == "add") a.add(rcx, rdx); // 1 + 1: CF clear
+                else a.shl(rcx, 1);     // bit 63 of 1: CF clear
                 a.Label(ref target);
                 switch (consumer)
                 {
                     case "jb": a.jb(taken); break;
                     case "setb": a.setb(r8b); break;
                     case "cmovb": a.cmovb(r8, rsi); break;
-                    default: a.adc(r8, 0); break;
+                    case "adc": a.adc(r8, 0); break;
+                    case "inc+setb": a.inc(r10); a.setb(r8b); break; // INC keeps CF
+                    default: a.dec(r10); a.cmovb(r8, rsi); break;
                 }
                 a.mov(r9d, 1);
                 a.hlt();
@@ -208,7 +215,7 @@ public sealed class TranslatorTests
         var translated = Run(true);
         // The CMP's carry reached the consumer: JB taken, SETB/ADC 1, CMOVB moved.
         Assert.Equal(consumer == "jb" ? 2UL : 1UL, interpreted.Item1.R9);
-        Assert.Equal(consumer switch { "jb" => 0UL, "cmovb" => 0x55UL, _ => 1UL }, interpreted.Item1.R8);
+        Assert.Equal(consumer switch { "jb" => 0UL, "cmovb" or "dec+cmovb" => 0x55UL, _ => 1UL }, interpreted.Item1.R8);
         Assert.Equal(interpreted, translated);
     }
 
