@@ -1133,8 +1133,8 @@ public readonly record struct EmulatorTranslation(int Threshold, bool Background
     public static EmulatorTranslation Off => new(0, true);
 
     /// <summary>
-    /// Translate blocks that have run 1000 times, in the background. Translating costs ~0.3 ms + ~0.07 ms per
-    /// instruction of JIT time, so only hot code repays it (see bench/cpu/README.md).
+    /// Translate blocks that have run 1000 times, in the background. Translating costs ~0.05-0.15 ms + ~0.01-0.03 ms
+    /// per instruction of JIT time (more in self-looping blocks), so only hot code repays it (see bench/cpu/README.md).
     /// </summary>
     public static EmulatorTranslation Default => new(1000, true);
 
