@@ -159,6 +159,10 @@ internal static class BlockTranslator
     private static readonly Dictionary<string, MethodInfo> s_ops = typeof(Ops)
         .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
 
+    private static readonly FieldInfo s_segmentBase = typeof(Seg).GetField(nameof(Seg.Base))!;
+    private static readonly MethodInfo s_segmentArrayData = typeof(System.Runtime.InteropServices.MemoryMarshal)
+        .GetMethod(nameof(System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference), 1, [Type.MakeGenericMethodParameter(0).MakeArrayType()])!
+        .MakeGenericMethod(typeof(Seg));
     private static readonly MethodInfo s_bigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
     private static readonly MethodInfo s_popCount = typeof(System.Numerics.BitOperations).GetMethod(nameof(System.Numerics.BitOperations.PopCount), [typeof(uint)])!;
 
@@ -1052,7 +1056,11 @@ internal static class BlockTranslator
         {
             EffectiveAddress(ref d);
             if (b.Bitness == 64 && d.Seg < EmulatorVcpu.FS) return; // flat
-            Cpu(); I4(d.Seg); Call(nameof(Ops.SegmentBase)); il.Emit(OpCodes.Add);
+            // Sregs[seg].Base without the bounds check (seg is a segment register number, 0-5, and Sregs has all six).
+            Cpu(); il.Emit(OpCodes.Ldfld, Fields.Sregs); il.Emit(OpCodes.Call, s_segmentArrayData);
+            if (d.Seg != 0) { I4(d.Seg * System.Runtime.CompilerServices.Unsafe.SizeOf<Seg>()); il.Emit(OpCodes.Add); }
+            il.Emit(OpCodes.Ldfld, s_segmentBase);
+            il.Emit(OpCodes.Add);
             if (b.Bitness != 64) ZeroExtend(4);
         }
 

@@ -61,6 +61,7 @@ public sealed partial class EmulatorVcpu
         public static readonly System.Reflection.FieldInfo EndBlock = Field(nameof(_endBlock));
         public static readonly System.Reflection.FieldInfo InstructionsRetired = Field(nameof(_instructionsRetired));
         public static readonly System.Reflection.FieldInfo IrqHint = Field(nameof(_irqHint));
+        public static readonly System.Reflection.FieldInfo Sregs = Field(nameof(EmulatorVcpu.Sregs));
         public static readonly System.Reflection.FieldInfo ExitRequested = Field(nameof(_exitRequested));
         public static readonly System.Reflection.FieldInfo LazyOp = Field(nameof(_lazyOp));
         public static readonly System.Reflection.FieldInfo LazyA = Field(nameof(_lazyA));
@@ -230,9 +231,6 @@ public sealed partial class EmulatorVcpu
         [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         public static ulong CarryFlagOf(EmulatorVcpu c) => c.CarryFlag();
 
-        /// <summary>The base of segment register <paramref name="seg"/> (for addresses that add one).</summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static ulong SegmentBase(EmulatorVcpu c, int seg) => c.Sregs[seg].Base;
 
         /// <summary>An instruction the translator has no template for: run it as the interpreter's block loop would.</summary>
         [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
