@@ -5,7 +5,7 @@
 # SHARPVM-GUEST-READY line ("marker") and to the end (the guest powers off after `uname -a`), and the
 # process's peak RSS (wait4's ru_maxrss). Prints every run, then medians and ratios to QEMU -M pc.
 #
-#   bench/boot/boot-time.sh [runs]        (default 3 runs of each; builds the CLI in Release first)
+#   bench/boot/boot-time.sh [runs]        (default 3 runs of each; publishes the CLI as run.sh does first)
 #   EXTRA_CMDLINE=cryptomgr.notests bench/boot/boot-time.sh   (same, without the kernel's crypto self-tests)
 #
 # Our machines are shared: the configurations take turns within each round, so compare medians of
@@ -22,8 +22,9 @@ command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 missing: 
 CMDLINE="console=ttyS0 panic=-1 i8042.noaux i8042.nomux i8042.nopnp${EXTRA_CMDLINE:+ $EXTRA_CMDLINE}"
 GUEST_CMD="uname -a"
 
-dotnet build -c Release src/SharpVM.Cli -v q -nologo >/dev/null
-SHARPVM=src/SharpVM.Cli/bin/Release/net10.0/linux-x64/sharpvm
+# The same build run.sh runs: published, ReadyToRun (less JIT work at start-up).
+dotnet publish src/SharpVM.Cli -c Release -o artifacts/sharpvm --nologo -v quiet >/dev/null
+SHARPVM=artifacts/sharpvm/sharpvm
 
 QEMU=(qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE -- $GUEST_CMD")
 # microvm: acpi=off because with ACPI (QEMU 7.2's default for microvm) this kernel under TCG gets no

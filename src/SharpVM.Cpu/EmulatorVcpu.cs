@@ -101,6 +101,7 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     {
         _vm = vm;
         _mem = vm.Memory;
+        _codePages = _mem.EnableCodePageTracking();
         Id = id;
         ApicBase = 0xFEE00000UL | 0x800 | (id == 0 ? 0x100UL : 0);
         InitTlb();

@@ -100,7 +100,7 @@ public sealed unsafe partial class EmulatorVcpu
         if (_mem.FindRegion(new GuestAddress(pa)) is null) return;
         ref byte b = ref _mem.GetReference(new GuestAddress(pa), 8);
         Interlocked.Or(ref Unsafe.As<byte, ulong>(ref b), bits);
-        _mem.SoftwareDirtyLog?.MarkPage(pa >> 12);
+        NotePageWritten(pa >> 12);
     }
 
     private void PhysSetBits32(ulong pa, uint bits)
@@ -108,7 +108,7 @@ public sealed unsafe partial class EmulatorVcpu
         if (_mem.FindRegion(new GuestAddress(pa)) is null) return;
         ref byte b = ref _mem.GetReference(new GuestAddress(pa), 4);
         Interlocked.Or(ref Unsafe.As<byte, uint>(ref b), bits);
-        _mem.SoftwareDirtyLog?.MarkPage(pa >> 12);
+        NotePageWritten(pa >> 12);
     }
 
     // ---------- page walk ----------
@@ -340,8 +340,16 @@ public sealed unsafe partial class EmulatorVcpu
             default: Unsafe.WriteUnaligned(p, v); break;
         }
         if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
+        NotePageWritten(e.Ppn);
+    }
+
+    /// <summary>After a store into RAM page <paramref name="ppn"/>: invalidates code decoded from it, marks it dirty.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void NotePageWritten(ulong ppn)
+    {
+        _codePages.NoteWrite(ppn);
         var log = _mem.SoftwareDirtyLog;
-        if (log != null) log.MarkPage(e.Ppn);
+        if (log != null) log.MarkPage(ppn);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -379,7 +387,7 @@ public sealed unsafe partial class EmulatorVcpu
         ref var e = ref Fill(la, NeedW);
         if (e.Host == null) return null;
         if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
-        _mem.SoftwareDirtyLog?.MarkPage(e.Ppn);
+        NotePageWritten(e.Ppn); // before the caller writes: the block ends after the instruction and is decoded again
         return e.Host + ((uint)la & 0xFFF);
     }
 

@@ -9,7 +9,20 @@ public sealed unsafe partial class EmulatorVcpu
 {
     private const int BlockCacheSize = 1 << 15;
     private const int MaxBlockInsns = 64;
-    private readonly Block?[] _blocks = new Block?[BlockCacheSize];
+    /// <summary>
+    /// Decoded blocks by RIP (direct-mapped), each with the versions of its code page(s) when it was decoded or
+    /// checked (<see cref="CodePageVersions"/>): the entry is valid while the pages keep those versions. The versions
+    /// are kept here, per vCPU, not on the block: blocks are shared between VMs (<see cref="BlockTranslator"/>
+    /// remembers translated ones by address), versions belong to one VM's memory.
+    /// </summary>
+    private readonly CachedBlock[] _blocks = new CachedBlock[BlockCacheSize];
+    private readonly CodePageVersions _codePages;
+
+    private struct CachedBlock
+    {
+        public Block? Block;
+        public uint Version1, Version2;
+    }
     private readonly BufferReader _reader = new();
     private readonly Instruction[] _decodeScratch = new Instruction[MaxBlockInsns];
     private Decoder? _dec16, _dec32, _dec64;
@@ -214,14 +227,11 @@ public sealed unsafe partial class EmulatorVcpu
         ulong la = Linear(CS, rip);
         ulong phys = TranslateFetch(la, out byte* host);
         if (host == null) throw new CpuUnimplemented($"instruction fetch from non-RAM physical address 0x{phys:x}");
-        int slot = (int)((rip ^ (rip >> 15)) & (BlockCacheSize - 1));
-        var b = _blocks[slot];
-        if (b is null || b.Rip != rip || b.Phys != phys || b.Bitness != Bitness || !Verify(b, host + (phys & 0xFFF), la))
-        {
-            b = _translation.Enabled && BlockTranslator.FindTranslated(rip, phys, Bitness) is { } t && Verify(t, host + (phys & 0xFFF), la)
-                ? t : Decode(rip, la, phys, host);
-            _blocks[slot] = b;
-        }
+        ref CachedBlock cached = ref _blocks[(int)((rip ^ (rip >> 15)) & (BlockCacheSize - 1))];
+        var b = cached.Block;
+        if (b is null || b.Rip != rip || b.Phys != phys || b.Bitness != Bitness || _codePages.Current(phys >> 12) != cached.Version1
+            || (b.Len2 != 0 && !SecondPageCurrent(b, la, cached.Version2)))
+            b = FindOrDecode(ref cached, rip, la, phys, host);
         _blockPpn = phys >> 12;
         _blockPpn2 = b.Ppn2;
         _endBlock = false;
@@ -328,6 +338,39 @@ public sealed unsafe partial class EmulatorVcpu
         if (k == n - 1 && b.Count > n) TraceInstruction(in b.Insns[k + 1]); // the Jcc of a fused pair
     }
 
+    /// <summary>Whether the second page of a block whose last instruction crosses a page is still mapped and unchanged.</summary>
+    private bool SecondPageCurrent(Block b, ulong la, uint version2)
+    {
+        ulong phys2 = TranslateFetch((la & ~0xFFFUL) + 0x1000, out byte* host2);
+        return host2 != null && phys2 >> 12 == b.Ppn2 && _codePages.Current(b.Ppn2) == version2;
+    }
+
+    /// <summary>
+    /// A block cache miss, or a block whose code page was written since it was checked: the same block again if its
+    /// bytes still match (the write was elsewhere on the page), or a translated block remembered at this address
+    /// whose bytes match (a colliding entry evicted it), else a new decode. The page is watched before its bytes are
+    /// read (see <see cref="CodePageVersions"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private Block FindOrDecode(ref CachedBlock cached, ulong rip, ulong la, ulong phys, byte* host)
+    {
+        uint version1 = _codePages.Watch(phys >> 12);
+        var candidate = cached.Block is { } c && c.Rip == rip && c.Phys == phys && c.Bitness == Bitness ? c
+            : _translation.Enabled ? BlockTranslator.FindTranslated(rip, phys, Bitness) : null;
+        if (candidate is not null)
+        {
+            uint version2 = candidate.Len2 != 0 ? _codePages.Watch(candidate.Ppn2) : 0;
+            if (Verify(candidate, host + (phys & 0xFFF), la))
+            {
+                cached = new CachedBlock { Block = candidate, Version1 = version1, Version2 = version2 };
+                return candidate;
+            }
+        }
+        var b = Decode(rip, la, phys, host, out uint decodedVersion2);
+        cached = new CachedBlock { Block = b, Version1 = version1, Version2 = decodedVersion2 };
+        return b;
+    }
+
     // SAFETY: code points into a RAM page at the block's start; Len1 <= bytes to the page end (the
     // decoder only read that far), and the second page is re-translated before it is read.
     private bool Verify(Block b, byte* code, ulong la)
@@ -349,8 +392,10 @@ public sealed unsafe partial class EmulatorVcpu
         };
     }
 
-    private Block Decode(ulong rip, ulong la, ulong phys, byte* host)
+    /// <summary>Decodes the block at RIP (the caller watched its first page); <paramref name="version2"/>: the second page's version, if it has one.</summary>
+    private Block Decode(ulong rip, ulong la, ulong phys, byte* host, out uint version2)
     {
+        version2 = 0;
         int off = (int)(phys & 0xFFF);
         int avail = 4096 - off;
         var buf = _reader.Buffer;
@@ -374,6 +419,7 @@ public sealed unsafe partial class EmulatorVcpu
                 // The first instruction crosses into the next page: fetch that page too (may #PF).
                 ulong phys2 = TranslateFetch((la & ~0xFFFUL) + 0x1000, out byte* host2);
                 if (host2 == null) throw new CpuUnimplemented($"instruction fetch from non-RAM physical address 0x{phys2:x}");
+                version2 = _codePages.Watch(phys2 >> 12);
                 new ReadOnlySpan<byte>(host2, 15).CopyTo(buf.AsSpan(avail));
                 _reader.Position = 0;
                 _reader.End = avail + 15;

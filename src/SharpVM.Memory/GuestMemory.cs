@@ -28,6 +28,13 @@ public sealed unsafe class GuestMemory : IDisposable
     /// </summary>
     public DirtyBitmap? SoftwareDirtyLog { get; private set; }
 
+    /// <summary>
+    /// Versions of the pages an emulated CPU has decoded code from (null unless <see cref="EnableCodePageTracking"/>
+    /// was called): the write methods here bump them, so the emulator sees code that devices or loaders overwrite.
+    /// </summary>
+    public CodePageVersions? CodePages => Volatile.Read(ref _codePages);
+    private CodePageVersions? _codePages;
+
     private GuestMemory(GuestMemoryRegion[] regions)
     {
         _regions = regions;
@@ -79,6 +86,25 @@ public sealed unsafe class GuestMemory : IDisposable
         SoftwareDirtyLog = new DirtyBitmap(new GuestAddress(0), top);
     }
 
+    /// <summary>Starts keeping <see cref="CodePages"/> (each emulated vCPU asks, before it runs) and returns them; idempotent.</summary>
+    public CodePageVersions EnableCodePageTracking()
+    {
+        if (CodePages is { } kept) return kept;
+        Interlocked.CompareExchange(ref _codePages, new CodePageVersions(_regions[^1].End), null);
+        return _codePages;
+    }
+
+    /// <summary>
+    /// Records a write to [address, address+length): the dirty log and the code versions, when kept. The write
+    /// methods here call it; a writer through a span from <see cref="GetWritableSpan"/> while the guest runs (a
+    /// device) calls it again after writing.
+    /// </summary>
+    public void NoteWritten(GuestAddress address, ulong length)
+    {
+        SoftwareDirtyLog?.MarkRange(address, length);
+        CodePages?.NoteWrites(address, length);
+    }
+
     /// <summary>The region holding <paramref name="address"/>, or null if it is not RAM.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public GuestMemoryRegion? FindRegion(GuestAddress address)
@@ -116,13 +142,18 @@ public sealed unsafe class GuestMemory : IDisposable
         return MemoryMarshal.CreateSpan(ref GetReference(address, (ulong)length), length);
     }
 
-    /// <summary>Like <see cref="GetSpan"/> for writing: also records the pages as dirty.</summary>
+    /// <summary>
+    /// Like <see cref="GetSpan"/> for writing: also records the pages as dirty and as overwritten for the emulator's
+    /// decoded code. Those records are made here, before the caller writes, so a writer that runs while the guest
+    /// does (a device) must call <see cref="NoteWritten"/> again once it has written.
+    /// </summary>
     public Span<byte> GetWritableSpan(GuestAddress address, int length)
     {
         var span = GetSpan(address, length);
-        SoftwareDirtyLog?.MarkRange(address, (ulong)length);
+        NoteWritten(address, (ulong)length);
         return span;
     }
+
 
     public T Read<T>(GuestAddress address) where T : unmanaged =>
         Unsafe.ReadUnaligned<T>(ref GetReference(address, (ulong)sizeof(T)));
@@ -130,7 +161,7 @@ public sealed unsafe class GuestMemory : IDisposable
     public void Write<T>(GuestAddress address, T value) where T : unmanaged
     {
         Unsafe.WriteUnaligned(ref GetReference(address, (ulong)sizeof(T)), value);
-        SoftwareDirtyLog?.MarkRange(address, (ulong)sizeof(T));
+        NoteWritten(address, (ulong)sizeof(T));
     }
 
     /// <summary>Copies guest bytes into <paramref name="destination"/>; the range may span regions only if both are RAM.</summary>
@@ -153,7 +184,8 @@ public sealed unsafe class GuestMemory : IDisposable
         {
             var region = FindRegion(address) ?? throw new GuestMemoryException(address, (ulong)source.Length);
             int chunk = (int)Math.Min((ulong)source.Length, region.End - address);
-            source[..chunk].CopyTo(GetWritableSpan(address, chunk));
+            source[..chunk].CopyTo(GetSpan(address, chunk));
+            NoteWritten(address, (ulong)chunk);
             source = source[chunk..];
             address += (ulong)chunk;
         }

@@ -596,6 +596,61 @@ public abstract class SystemTests(bool translated)
     }
 
     [Fact]
+    public void CodePatchedByAnotherVcpuIsSeenByTheVcpuRunningIt()
+    {
+        using var g = new TestGuest(translated: translated);
+        var cpu2 = g.Vm.CreateEmulatorVcpu(1);
+        const ulong Function = 0x120000, Patcher = 0x110000, Rounds = 0x900000;
+        // vCPU 0 calls a function that returns 1 until it returns 2 (or gives up after many rounds), counting rounds;
+        // vCPU 1 patches the function's immediate once vCPU 0 has run it a thousand times (decoded, translated).
+        g.Load(Function, a => { a.mov(eax, 1); a.ret(); });
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            var again = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.mov(rcx, 50_000_000);
+            a.mov(rbx, Rounds);
+            a.Label(ref again);
+            a.inc(__qword_ptr[rbx]);
+            a.mov(rax, Function);
+            a.call(rax);
+            a.cmp(eax, 2);
+            a.je(done);
+            a.dec(rcx);
+            a.jnz(again);
+            a.Label(ref done);
+            a.hlt();
+        });
+        g.Load(Patcher, a =>
+        {
+            var wait = a.CreateLabel();
+            a.mov(rbx, Rounds);
+            a.Label(ref wait);
+            a.cmp(__qword_ptr[rbx], 1000);
+            a.jb(wait);
+            a.mov(rdi, Function + 1); // the imm32 of `mov eax, 1`
+            a.mov(__dword_ptr[rdi], 2);
+            a.hlt();
+        });
+        var sregs = g.Cpu.GetSpecialRegisters();
+        VcpuExit e2 = default;
+        var t = new Thread(() =>
+        {
+            cpu2.AttachToCurrentThread();
+            cpu2.SetSpecialRegisters(sregs);
+            cpu2.SetRegisters(new Registers { Rip = Patcher, Rsp = TestGuest.StackTop - 0x1000, Rflags = 2 });
+            e2 = cpu2.Run(new FakeIo());
+        });
+        t.Start();
+        var e1 = g.Run();
+        t.Join();
+        Assert.Equal(VcpuExitReason.Halt, e1.Reason);
+        Assert.Equal(VcpuExitReason.Halt, e2.Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.True(r.Rax == 2, $"vCPU 0 never saw the patched function (rax={r.Rax}, rounds left {r.Rcx})");
+    }
+
+    [Fact]
     public void NmiIsDeliveredAndBlockedUntilIret()
     {
         using var g = new TestGuest(translated: translated);
