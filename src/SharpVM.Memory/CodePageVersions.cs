@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
 namespace SharpVM.Memory;
 
 /// <summary>
@@ -28,7 +31,9 @@ public sealed class CodePageVersions
     }
 
     /// <summary>The current version of page <paramref name="ppn"/> (0 for pages beyond guest memory).</summary>
-    public uint Current(ulong ppn) => ppn < (ulong)_versions.Length ? Volatile.Read(ref _versions[ppn]) : 0;
+    public uint Current(ulong ppn) =>
+        // SAFETY: ppn < length, checked here once (the array's own check would repeat it on the block dispatch path).
+        ppn < (ulong)_versions.Length ? Volatile.Read(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_versions), (nint)ppn)) : 0;
 
     /// <summary>
     /// Marks page <paramref name="ppn"/> as holding decoded code and returns the version a block decoded from it
