@@ -280,6 +280,67 @@ public abstract class HotDispatchTests(bool translated)
     }
 
     /// <summary>
+    /// A block goes on through a JMP forward on its page: the jumped-over code never runs, a conditional branch
+    /// before the JMP can land after it, the retired count covers exactly what ran (the JMP included), and a fault
+    /// after the JMP is delivered at the faulting instruction with the count right.
+    /// </summary>
+    [Fact]
+    public void BlocksGoOnThroughForwardJumps()
+    {
+        using (var g = new TestGuest(translated: translated))
+        {
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var over = a.CreateLabel();
+                var skip = a.CreateLabel();
+                var loop = a.CreateLabel();
+                a.mov(ecx, 20);                 // 1
+                a.Label(ref loop);
+                a.test(ecx, 1);                 // each round: test, jnz, [add, jmp | ], add r8, inc, dec+jnz
+                a.jnz(skip);
+                a.add(eax, 1);                  // even rounds only
+                a.jmp(over);
+                a.mov(eax, 0xDEAD);             // jumped over
+                a.ud2();
+                a.Label(ref skip);
+                a.add(ebx, 1);                  // odd rounds only: the branch lands between the JMP and its target
+                a.Label(ref over);
+                a.add(r8, 2);
+                a.inc(r9);
+                a.dec(ecx);
+                a.jnz(loop);
+                a.hlt();                        // 1
+            });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            var r = g.Cpu.GetRegisters();
+            Assert.Equal((10UL, 10UL, 40UL, 20UL), (r.Rax, r.Rbx, r.R8, r.R9));
+            // even rounds: test, jnz, add, jmp, add, inc, dec, jnz = 8; odd rounds: test, jnz, add ebx, add, inc, dec, jnz = 7
+            Assert.Equal(1 + 10 * 8 + 10 * 7 + 1, g.Cpu.InstructionsRetired);
+        }
+        using (var g = PageFaultGuest())
+        {
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var over = a.CreateLabel();
+                a.mov(rcx, Unmapped);           // 1
+                a.jmp(over);                    // 1
+                a.ud2();
+                a.Label(ref over);
+                a.add(rdx, 5);                  // 1
+                a.mov(rsi, __qword_ptr[rcx]);   // faults (not retired), then re-runs after the handler (1)
+                a.hlt();                        // 1
+            });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            var r = g.Cpu.GetRegisters();
+            Assert.Equal(1UL, r.R15);
+            Assert.Equal(5UL, r.Rdx); // the ADD before the fault ran once: the block re-ran from the faulting MOV
+            ulong faultRip = r.R9;
+            Assert.Equal(TestGuest.CodeAddr + 10 + 2 + 2 + 4, faultRip); // mov rcx,imm64 (10), jmp rel8 (2), ud2 (2), add rdx,5 (4)
+            Assert.Equal(1 + 1 + 1 + 1 + 1 + 9, g.Cpu.InstructionsRetired); // the handler runs 9
+        }
+    }
+
+    /// <summary>
     /// A block is re-checked against guest memory on every entry: patches by other code to a block
     /// longer than 64 bytes (past its 64th byte), to a short one, and to the second page of an
     /// instruction that crosses a page boundary are all seen.

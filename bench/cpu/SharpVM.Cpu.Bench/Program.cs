@@ -250,19 +250,24 @@ static class BootSector
             a.Label(ref body);
             a.mov(rcx, iterations);
             a.mov(rdi, 0x200000);
-            a.Label(ref loop);
             if (dispatch)
             {
+                // The blocks are laid out last first and joined by backward JMPs: a block goes on through a forward
+                // JMP on its page, which would make the round one block again.
                 var b2 = a.CreateLabel();
                 var b3 = a.CreateLabel();
                 var b4 = a.CreateLabel();
-                a.add(rax, rcx); a.jmp(b2);
-                a.Label(ref b2); a.xor(rdx, rax); a.jmp(b3);
+                var done = a.CreateLabel();
+                a.jmp(loop);
+                a.Label(ref b4); a.dec(rcx); a.jnz(loop); a.jmp(done);
                 a.Label(ref b3); a.shr(rdx, 3); a.jmp(b4);
-                a.Label(ref b4); a.dec(rcx); a.jnz(loop);
+                a.Label(ref b2); a.xor(rdx, rax); a.jmp(b3);
+                a.Label(ref loop); a.add(rax, rcx); a.jmp(b2);
+                a.Label(ref done);
             }
             else
             {
+                a.Label(ref loop);
                 a.add(rax, rcx);
                 a.xor(rdx, rax);
                 a.mov(__qword_ptr[rdi], rdx);
