@@ -339,14 +339,17 @@ public sealed unsafe partial class EmulatorVcpu
             case 4: Unsafe.WriteUnaligned(p, (uint)v); break;
             default: Unsafe.WriteUnaligned(p, v); break;
         }
-        if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
         NotePageWritten(e.Ppn);
     }
 
-    /// <summary>After a store into RAM page <paramref name="ppn"/>: invalidates code decoded from it, marks it dirty.</summary>
+    /// <summary>
+    /// After a store into RAM page <paramref name="ppn"/> (every writer of the vCPU calls it): ends the running block if
+    /// the page holds it, invalidates code decoded from the page, marks it dirty.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void NotePageWritten(ulong ppn)
     {
+        if (ppn == _blockPpn || ppn == _blockPpn2) _endBlock = true;
         _codePages.NoteWrite(ppn);
         var log = _mem.SoftwareDirtyLog;
         if (log != null) log.MarkPage(ppn);
@@ -386,7 +389,6 @@ public sealed unsafe partial class EmulatorVcpu
         if (((uint)la & 0xFFF) + (uint)size > 4096) return null;
         ref var e = ref Fill(la, NeedW);
         if (e.Host == null) return null;
-        if (e.Ppn == _blockPpn || e.Ppn == _blockPpn2) _endBlock = true;
         NotePageWritten(e.Ppn); // before the caller writes: the block ends after the instruction and is decoded again
         return e.Host + ((uint)la & 0xFFF);
     }
