@@ -21,7 +21,7 @@ public static class RunCommand
         var cpus = new Option<int>("--cpus") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 1 };
         var accel = new Option<Accelerator>("--accel") { Description = "Backend: auto (KVM where it has VMX/SVM, else emu), kvm, or emu (SharpVM's own CPU).", DefaultValueFactory = _ => Accelerator.Auto };
         var serial = new Option<string>("--serial") { Description = "COM1: stdio (terminal in raw mode; Ctrl-A x quits), file:PATH (output only), unix:PATH or tcp:[HOST]:PORT (SharpVM listens; one client at a time gets the output and types to the guest; an empty HOST listens on every address, as QEMU does, so anyone who can reach the port gets the console; tcp:127.0.0.1:PORT keeps it local), or none.", DefaultValueFactory = _ => "stdio" };
-        var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range when the VM ends." };
+        var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason, port and MMIO range (and, on the emulated CPU, instructions retired) when the VM ends." };
         var reboot = new Option<bool>("--reboot") { Description = "Restart the guest when it reboots (default: end with exit status 2)." };
         var guestDecompress = new Option<bool>("--guest-decompress") { Description = "Let the kernel decompress itself instead of SharpVM decompressing it on the host." };
         var hugePages = new Option<bool>("--huge-pages") { Description = "Back guest RAM with transparent huge pages (MADV_HUGEPAGE): fewer TLB misses on KVM." };

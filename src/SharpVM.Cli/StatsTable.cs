@@ -4,7 +4,7 @@ using SharpVM.Vmm.Exits;
 
 namespace SharpVM.Cli;
 
-/// <summary>`--stats`: VM exits by reason, port and MMIO range, per vCPU, as tables.</summary>
+/// <summary>`--stats`: VM exits by reason, port and MMIO range, per vCPU, as tables; with the emulated CPU, what it ran.</summary>
 public static class StatsTable
 {
     public static void Write(VirtualMachine vm, IAnsiConsole console)
@@ -37,6 +37,16 @@ public static class StatsTable
         }
         _ = pioNames;
         console.Write(places);
+
+        // SharpVM's own CPU (--accel emu) has no VM exits for its instructions: what it ran instead.
+        var emulated = new Table().Border(TableBorder.Rounded).Title("Emulated CPU").AddColumn("vCPU")
+            .AddColumn(new TableColumn("Instructions retired").RightAligned()).AddColumn(new TableColumn("Translated block entries").RightAligned())
+            .AddColumn(new TableColumn("Exceptions").RightAligned()).AddColumn(new TableColumn("Interrupts").RightAligned());
+        foreach (var v in vm.Vcpus)
+            if (v.Vcpu is SharpVM.Cpu.EmulatorVcpu e)
+                emulated.AddRow(v.Id.ToString(), e.InstructionsRetired.ToString("N0"), e.TranslatedBlockRuns.ToString("N0"),
+                    e.ExceptionsDelivered.ToString("N0"), e.InterruptsDelivered.ToString("N0"));
+        if (emulated.Rows.Count > 0) console.Write(emulated);
     }
 
     private static string Format(TimeSpan t) => t.TotalMilliseconds >= 1 ? $"{t.TotalMilliseconds:F2} ms" : $"{t.TotalMicroseconds:F1} µs";

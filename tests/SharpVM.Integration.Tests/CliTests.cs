@@ -27,6 +27,19 @@ public class CliTests
         Assert.Contains("debug-console", r.StandardOutput);
     }
 
+    [Fact]
+    public void StatisticsOfTheEmulatedCpuCountTheInstructionsItRan()
+    {
+        var r = SharpVmProcess.Run(Timeout, "demo", "--accel", "emu", "--cpus", "2", "--stats");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("Emulated CPU", r.StandardOutput);
+        Assert.Contains("Instructions retired", r.StandardOutput);
+        // One row per vCPU, each with a non-zero count of instructions retired.
+        var rows = r.StandardOutput.Split('\n').SkipWhile(l => !l.Contains("Emulated CPU")).Where(l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^│ [01] ")).ToList();
+        Assert.Equal(2, rows.Count);
+        foreach (var row in rows) Assert.Matches(@"^│ [01]\s+│\s+[1-9][0-9,]*\s+│", row);
+    }
+
     [Theory]
     [InlineData("run --bogus-flag", "--bogus-flag")]
     [InlineData("run --memory 12X --kernel /etc/hostname", "unknown size suffix")]
