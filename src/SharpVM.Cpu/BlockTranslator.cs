@@ -271,7 +271,7 @@ internal static class BlockTranslator
                 or FastOp.AluRM or FastOp.AluMR or FastOp.AluMI or FastOp.Lea or FastOp.IncR or FastOp.DecR or FastOp.ShiftRI
                 or FastOpExtra.RotRI or FastOp.MovzxRR or FastOp.MovzxRM or FastOp.MovsxRR or FastOp.MovsxRM or FastOp.ImulRR64
                 or FastOp.ImulRM64 or FastOpExtra.ImulRR or FastOpExtra.ImulRM or FastOpExtra.ImulRRI or FastOpExtra.ImulRMI
-                or FastOp.AluJccRR or FastOp.AluJccRI => true,
+                or FastOp.AluJccRR or FastOp.AluJccRI or FastOpExtra.CallR or FastOpExtra.CallM or FastOpExtra.JmpR or FastOpExtra.JmpM => true,
             _ => false,
         };
 
@@ -418,6 +418,26 @@ internal static class BlockTranslator
                 case FastOp.AluJccRI64: case FastOp.AluJccRI32:
                     AluRI(ref d, d.Op == FastOp.AluJccRI64 ? nameof(Ops.AluRI64) : nameof(Ops.AluRI32));
                     FusedBranch(ref d, k);
+                    return true;
+                case FastOpExtra.JmpR:
+                    Cpu(); LoadReg(d.Dst); il.Emit(OpCodes.Stfld, Fields.Rip);
+                    il.Emit(OpCodes.Ret);
+                    return true;
+                case FastOpExtra.JmpM:
+                    Faults(ref d);
+                    Cpu(); Load(ref d, 8); il.Emit(OpCodes.Stfld, Fields.Rip);
+                    il.Emit(OpCodes.Ret);
+                    return true;
+                case FastOpExtra.CallR: case FastOpExtra.CallM:
+                    // The target is read before RSP changes; RSP changes once the return address is stored.
+                    Faults(ref d);
+                    if (d.Op == FastOpExtra.CallR) LoadReg(d.Dst); else Load(ref d, 8);
+                    il.Emit(OpCodes.Stloc, Temp(1));
+                    LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.Rip);
+                    il.Emit(OpCodes.Ret);
                     return true;
                 case FastOp.AluJccRM64:
                     AluRM64(ref d);

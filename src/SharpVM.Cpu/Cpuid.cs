@@ -22,15 +22,26 @@ public static class EmulatorCpuid
     public const uint Ext1Ecx = (1u << 0) | (1u << 5);
     // Leaf 7 EBX: TSC_ADJUST (with an invariant TSC it lets Linux skip the clocksource watchdog), ERMS.
     public const uint Leaf7Ebx = (1u << 1) | (1u << 9);
-    // Leaf 7 EDX: IA32_ARCH_CAPABILITIES MSR (an interpreter does not speculate: see ArchCapabilities).
-    public const uint Leaf7Edx = 1u << 29;
+    // Leaf 7 EDX: IBRS/IBPB (the IA32_SPEC_CTRL and IA32_PRED_CMD MSRs), IA32_ARCH_CAPABILITIES MSR (an emulator does
+    // not speculate: see ArchCapabilities).
+    public const uint Leaf7Edx = (1u << 26) | (1u << 29);
+    // Leaf 7 subleaf 2 EDX: BHI_CTRL (IA32_SPEC_CTRL.BHI_DIS_S). Linux treats every virtualized Intel CPU as exposed to
+    // branch history injection whatever IA32_ARCH_CAPABILITIES says; with this control it sets one MSR bit at boot
+    // instead of running a branch-history clearing loop on every system call.
+    public const uint Leaf7Sub2Edx = 1u << 4;
 
     /// <summary>
-    /// IA32_ARCH_CAPABILITIES: not vulnerable to Meltdown, SSB, MDS, TAA, MMIO stale data, BHI, PBRSB,
-    /// GDS, RFDS (true of an interpreter, and it spares the guest KPTI's CR3 switches).
+    /// IA32_ARCH_CAPABILITIES: not vulnerable to Meltdown, SSB, MDS, TAA, MMIO stale data, BHI, PBRSB, GDS, RFDS and ITS,
+    /// with enhanced IBRS (IBRS_ALL): all true of a CPU that does not speculate. It spares the guest KPTI's CR3 switches,
+    /// and (enhanced IBRS, ITS_NO) the retpolines on indirect calls and the return thunk on every RET that Linux otherwise
+    /// patches in for this family and model: a RET becomes a JMP to another page and a second block to run.
     /// </summary>
-    public const ulong ArchCapabilities = (1UL << 0) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
-                                          (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
+    public const ulong ArchCapabilities = (1UL << 0) | (1UL << 1) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
+                                          (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) |
+                                          (1UL << 27) | (1UL << 62);
+
+    /// <summary>IA32_SPEC_CTRL bits this CPU has: IBRS and BHI_DIS_S (kept; without speculation there is nothing for them to restrict).</summary>
+    public const ulong SpecCtrlBits = (1UL << 0) | (1UL << 10);
 
     private static uint Str(string s, int at) => (uint)(s[at] | (s[at + 1] << 8) | (s[at + 2] << 16) | (s[at + 3] << 24));
 
@@ -50,7 +61,8 @@ public static class EmulatorCpuid
                 c = Leaf1Ecx; d = Leaf1Edx;
                 break;
             case 7:
-                if (sub == 0) { b = Leaf7Ebx; d = Leaf7Edx; }
+                if (sub == 0) { a = 2; b = Leaf7Ebx; d = Leaf7Edx; } // EAX: the last subleaf
+                else if (sub == 2) d = Leaf7Sub2Edx;
                 break;
             case 0x15:
                 a = 1; b = (uint)(TscHz / BusHz); c = (uint)BusHz;
@@ -127,6 +139,7 @@ public sealed unsafe partial class EmulatorVcpu
         {
             case 0x10: v = ReadTsc(); return true;
             case 0x10A: v = EmulatorCpuid.ArchCapabilities; return true;
+            case 0x48: v = SpecCtrl; return true;
             case 0x1B: v = ApicBase; return true;
             case 0x3A: v = 1; return true; // FEATURE_CONTROL: locked, no VMX
             case 0x8B: v = 0; return true; // microcode revision
@@ -162,6 +175,8 @@ public sealed unsafe partial class EmulatorVcpu
         {
             case 0x10: WriteTsc(v); return true;
             case 0x1B: ApicBase = (v & ~0x100UL) | (ApicBase & 0x100); return true;
+            case 0x48: if ((v & ~EmulatorCpuid.SpecCtrlBits) != 0) return false; SpecCtrl = v; return true;
+            case 0x49: return (v & ~1UL) == 0; // PRED_CMD: IBPB (a barrier with no predictor state to drop); write-only
             case 0x3A: case 0x8B: case 0x179: case 0x17A: case 0x1D9: case 0x2FF: return true;
             case 0x174: SysenterCs = v; return true;
             case 0x175: SysenterEsp = v; return true;

@@ -48,7 +48,7 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
 
     // MSRs.
     internal ulong ApicBase, Star, Lstar, Cstar, Sfmask, KernelGsBase, Pat = 0x0007040600070406UL, MiscEnable = 1,
-        TscDeadline, SysenterCs, SysenterEsp, SysenterEip, TscAux;
+        TscDeadline, SysenterCs, SysenterEsp, SysenterEip, TscAux, SpecCtrl;
     private long _tscOffset;
 
     // SSE / x87 state.

@@ -19,7 +19,10 @@ internal static class FastOpExtra
         UnaryR = 210, UnaryM = 211,
         // Alu: 0 SHL/SAL, 1 SHR, 2 SAR.
         ShiftRCl = 212,
-        BswapR = 213;
+        BswapR = 213,
+        // 64-bit code's near indirect CALL and JMP through a register or memory (function pointers, jump tables; with
+        // enhanced IBRS Linux patches its retpoline calls into CALL r64): they end their block.
+        CallR = 214, CallM = 215, JmpR = 216, JmpM = 217;
 
     /// <summary>The lowest id: the block loop sends ids from here up straight to ExecFastExtra.</summary>
     public const byte First = ImulRR;
@@ -31,6 +34,13 @@ public sealed partial class EmulatorVcpu
     private static void PredecodeExtra(in Instruction i, ref DInsn d, int osz)
     {
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix || i.OpCount < 1) return;
+        if (i.Code is Code.Call_rm64 or Code.Jmp_rm64)
+        {
+            bool call = i.Code == Code.Call_rm64;
+            if (i.Op0Kind == OpKind.Register) { SetDst(ref d, i.Op0Register); d.Op = call ? FastOpExtra.CallR : FastOpExtra.JmpR; }
+            else if (i.Op0Kind == OpKind.Memory && SetMem(ref d, i)) d.Op = call ? FastOpExtra.CallM : FastOpExtra.JmpM;
+            return;
+        }
         int unary = i.Mnemonic switch { Mnemonic.Inc => 0, Mnemonic.Dec => 1, Mnemonic.Neg => 2, Mnemonic.Not => 3, _ => -1 };
         if (unary >= 0 && i.OpCount == 1 && i.Op0Kind == OpKind.Memory && osz is 1 or 2 or 4 or 8)
         {
@@ -154,6 +164,20 @@ public sealed partial class EmulatorVcpu
                     : System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)v));
                 return true;
             }
+            case FastOpExtra.CallR:
+            case FastOpExtra.CallM:
+            {
+                // The target is read before RSP changes (CALL through RSP or a stack slot uses the old RSP).
+                ulong target = d.Op == FastOpExtra.CallR ? Gpr[d.Dst] : Read(FastLinear(ref d), 8);
+                ulong sp = Gpr[4] - 8;
+                Write(sp, 8, d.NextIp);
+                Gpr[4] = sp;
+                Rip = target;
+                _endBlock = true;
+                return true;
+            }
+            case FastOpExtra.JmpR: Rip = Gpr[d.Dst]; _endBlock = true; return true;
+            case FastOpExtra.JmpM: Rip = Read(FastLinear(ref d), 8); _endBlock = true; return true;
             default: return false;
         }
     }

@@ -465,6 +465,42 @@ public abstract class SystemTests(bool translated)
     }
 
     [Fact]
+    public void SpeculationControlsAreAdvertisedAndTheirMsrsWork()
+    {
+        // What Linux reads to choose enhanced IBRS and BHI_DIS_S over retpolines, return thunks and the BHB-clearing loop.
+        using var g = new TestGuest(translated: translated);
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            a.mov(eax, 7); a.xor(ecx, ecx); a.cpuid(); a.mov(r8d, eax); a.mov(r9d, edx);
+            a.mov(eax, 7); a.mov(ecx, 2); a.cpuid(); a.mov(r10d, edx);
+            a.mov(ecx, 0x10A); a.rdmsr(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r11, rax);
+            a.mov(ecx, 0x48); a.mov(eax, 0x401); a.xor(edx, edx); a.wrmsr();   // SPEC_CTRL = IBRS | BHI_DIS_S
+            a.mov(ecx, 0x49); a.mov(eax, 1); a.wrmsr();                        // PRED_CMD: IBPB
+            a.mov(ecx, 0x48); a.rdmsr(); a.mov(r12d, eax);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(2UL, r.R8);                          // leaf 7's last subleaf
+        Assert.NotEqual(0UL, r.R9 & (1UL << 26));         // IBRS/IBPB
+        Assert.NotEqual(0UL, r.R9 & (1UL << 29));         // IA32_ARCH_CAPABILITIES
+        Assert.NotEqual(0UL, r.R10 & (1UL << 4));         // BHI_CTRL
+        Assert.NotEqual(0UL, r.R11 & (1UL << 1));         // IBRS_ALL (enhanced IBRS)
+        Assert.NotEqual(0UL, r.R11 & (1UL << 62));        // ITS_NO
+        Assert.Equal(0UL, r.R11 & (1UL << 2));            // not RSBA
+        Assert.Equal(0x401UL, r.R12);
+
+        // A SPEC_CTRL bit this CPU lacks (STIBP) and a PRED_CMD bit past IBPB are #GP, as on hardware without them.
+        foreach (var (msr, value) in new[] { (0x48u, 2u), (0x49u, 2u) })
+        {
+            g.EnterLongMode();
+            g.Load(TestGuest.CodeAddr, a => { a.mov(ecx, msr); a.mov(eax, value); a.xor(edx, edx); a.wrmsr(); a.hlt(); });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            Assert.Equal(13, g.Vector);
+        }
+    }
+
+    [Fact]
     public void FxsaveFxrstorRoundTripAndDirtyLog()
     {
         using var g = new TestGuest(translated: translated);

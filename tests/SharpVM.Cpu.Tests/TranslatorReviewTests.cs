@@ -69,7 +69,8 @@ public sealed class TranslatorReviewTests
     }
 
     public static IEnumerable<object[]> FaultingForms() =>
-        new[] { "MovRM64", "MovRM32", "MovMR64", "MovMR32", "AluRM64", "AluJccRM64", "MovzxRM", "MovsxdRM", "CmovRM64", "Push", "Pop", "Call", "Ret", "Interpreted" }
+        new[] { "MovRM64", "MovRM32", "MovMR64", "MovMR32", "AluRM64", "AluJccRM64", "MovzxRM", "MovsxdRM", "CmovRM64", "Push", "Pop", "Call", "Ret",
+                "CallR", "CallM", "JmpM", "Interpreted" }
             .Select(f => new object[] { f });
 
     /// <summary>How many bytes <paramref name="build"/> assembles to at the test guest's code address.</summary>
@@ -99,6 +100,9 @@ public sealed class TranslatorReviewTests
             case "Pop": a.mov(rsp, r8); a.pop(rdx); break;
             case "Call": { var l = a.CreateLabel(); a.mov(rsp, r8); a.call(l); a.Label(ref l); break; }
             case "Ret": a.mov(rsp, r8); a.ret(); break;
+            case "CallR": a.mov(rsp, r8); a.call(rbx); break; // the return address's store faults
+            case "CallM": a.call(__qword_ptr[r8]); break;      // the target's load faults
+            case "JmpM": a.jmp(__qword_ptr[r8]); break;
             case "Interpreted": a.xadd(__qword_ptr[r8], rdx); break;
             default: throw new ArgumentException(form);
         }
@@ -110,7 +114,7 @@ public sealed class TranslatorReviewTests
     {
         // One block: work before the fault, the faulting instruction, work after it that must not happen.
         ulong faultAt = TestGuest.CodeAddr + Size(a => { Prologue(a); a.inc(rsi); });
-        if (form is "Push" or "Pop" or "Call" or "Ret") faultAt += 3; // after mov rsp, r8
+        if (form is "Push" or "Pop" or "Call" or "Ret" or "CallR") faultAt += 3; // after mov rsp, r8
         var o = RunBoth(a =>
         {
             Prologue(a);
@@ -128,7 +132,37 @@ public sealed class TranslatorReviewTests
         // RFLAGS as the INC before the fault left them (CF from the ADD kept, OF clear, ZF clear).
         Assert.Equal(Flags.CF, o.FrameRflags & (Flags.CF | Flags.ZF | Flags.OF));
         Assert.Equal(Unmapped, o.Cr2 & ~0xFFFUL);
-        if (form is "Push" or "Pop" or "Call" or "Ret") Assert.Equal(Unmapped + 0x10, o.FrameRsp); // RSP not moved by the faulting stack access
+        if (form is "Push" or "Pop" or "Call" or "Ret" or "CallR") Assert.Equal(Unmapped + 0x10, o.FrameRsp); // RSP not moved by the faulting stack access
+    }
+
+    [Fact]
+    public void IndirectCallsAndJumpsGoWhereTheirRegisterOrMemorySays()
+    {
+        // CALL r64, CALL [m64], JMP r64 and JMP [m64], each ending its block: RCX counts the calls (1 each) and the jumps
+        // (0x10 each); the return addresses and RSP come back as the calls left them.
+        const ulong Table = 0x60000;
+        var o = RunBoth(a =>
+        {
+            var f = a.CreateLabel(); var g = a.CreateLabel(); var done = a.CreateLabel(); var back = a.CreateLabel();
+            a.xor(ecx, ecx);
+            a.mov(rsp, (long)TestGuest.StackTop);
+            a.mov(rbx, (long)Table);
+            a.lea(rax, __[f]); a.mov(__qword_ptr[rbx], rax);
+            a.lea(rax, __[done]); a.mov(__qword_ptr[rbx + 8], rax);
+            a.lea(rax, __[f]); a.call(rax);
+            a.call(__qword_ptr[rbx]);
+            a.Label(ref back); a.lea(r11, __[back]);
+            a.mov(r9, rsp);
+            a.lea(rax, __[g]); a.jmp(rax);
+            a.Label(ref f); a.inc(rcx); a.mov(r10, __qword_ptr[rsp]); a.ret();
+            a.Label(ref g); a.add(rcx, 0x10); a.jmp(__qword_ptr[rbx + 8]);
+            a.Label(ref done); a.add(rcx, 0x10); a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, o.Exit);
+        Assert.Equal(0x22UL, o.Regs.Rcx);
+        Assert.Equal(TestGuest.StackTop, o.Regs.R9);
+        Assert.Equal(TestGuest.StackTop, o.Regs.Rsp);
+        Assert.Equal(o.Regs.R11, o.Regs.R10); // the second call's return address: the instruction after it
     }
 
     [Fact]
