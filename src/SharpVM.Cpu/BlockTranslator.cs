@@ -351,7 +351,7 @@ internal static class BlockTranslator
                     // The value is read before RSP changes (PUSH RSP stores the old RSP); RSP changes once the store succeeded.
                     Faults(ref d);
                     LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); LoadReg(d.Dst); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); LoadReg(d.Dst); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
                     RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
                     AfterStore(k);
                     return false;
@@ -359,7 +359,7 @@ internal static class BlockTranslator
                     // RSP is incremented before the destination is written (POP RSP loads the value popped).
                     Faults(ref d);
                     LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); il.Emit(OpCodes.Stloc, Temp(1));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8); il.Emit(OpCodes.Stloc, Temp(1));
                     RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
                     RegAddress(d.Dst); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stind_I8);
                     return false;
@@ -398,7 +398,7 @@ internal static class BlockTranslator
                 case FastOp.Call:
                     Faults(ref d);
                     LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
                     RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
@@ -406,7 +406,7 @@ internal static class BlockTranslator
                 case FastOp.Ret:
                     Faults(ref d);
                     LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load));
+                    Cpu(); Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8);
                     il.Emit(OpCodes.Stfld, Fields.Rip);
                     RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
                     il.Emit(OpCodes.Ret);
@@ -434,7 +434,7 @@ internal static class BlockTranslator
                     if (d.Op == FastOpExtra.CallR) LoadReg(d.Dst); else Load(ref d, 8);
                     il.Emit(OpCodes.Stloc, Temp(1));
                     LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I4(8); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store));
+                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
                     RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
                     Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.Rip);
                     il.Emit(OpCodes.Ret);
@@ -468,9 +468,9 @@ internal static class BlockTranslator
                     Linear(ref d); il.Emit(OpCodes.Stloc, Temp(3));
                     bool stores = d.Alu < EmulatorVcpu.OpCmp;
                     AluWithLazyFlags(d.Alu, d.Size,
-                        () => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); I4(s.Size); CallMemory(stores ? nameof(EmulatorVcpu.CalledMemory.LoadForWrite) : nameof(EmulatorVcpu.CalledMemory.Load)); },
+                        () => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); CallMemory(stores ? nameof(EmulatorVcpu.CalledMemory.LoadForWrite) : nameof(EmulatorVcpu.CalledMemory.Load), s.Size); },
                         () => { if (s.Op == FastOp.AluMR) LoadReg(s.Src, s.SrcHigh, s.Size); else I8(s.Imm); },
-                        v => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); I4(s.Size); v(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store)); });
+                        v => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); v(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), s.Size); });
                     if (stores) AfterStore(k);
                     return false;
                 }
@@ -622,7 +622,7 @@ internal static class BlockTranslator
             Faults(ref d);
             if (IsLazyAlu(d.Alu))
             {
-                Cpu(); Linear(ref d); I4(8); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); il.Emit(OpCodes.Stloc, Temp(1));
+                Cpu(); Linear(ref d); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8); il.Emit(OpCodes.Stloc, Temp(1));
                 AluWithLazyFlags(d.Alu, d.Dst, 8, () => il.Emit(OpCodes.Ldloc, Temp(1)));
             }
             else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64)); }
@@ -1102,14 +1102,14 @@ internal static class BlockTranslator
         }
 
         /// <summary>Pushes the <paramref name="size"/>-byte value (zero-extended) at d's memory operand.</summary>
-        private void Load(ref DInsn d, int size) { Cpu(); Linear(ref d); I4(size); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load)); }
+        private void Load(ref DInsn d, int size) { Cpu(); Linear(ref d); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), size); }
 
         /// <summary>Stores the value <paramref name="value"/> pushes at d's memory operand.</summary>
-        private void Store(ref DInsn d, int size, Action value) { Cpu(); Linear(ref d); I4(size); value(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store)); }
+        private void Store(ref DInsn d, int size, Action value) { Cpu(); Linear(ref d); value(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), size); }
 
         /// <summary>Calls guest-memory access <paramref name="name"/> of the block's kind (see EmulatorVcpu.IGuestMemoryAccess).</summary>
-        private void CallMemory(string name) =>
-            il.Emit(OpCodes.Call, (_budget is not null ? s_inlinedMemory : s_calledMemory)[name]);
+        private void CallMemory(string name, int size) =>
+            il.Emit(OpCodes.Call, (_budget is not null ? s_inlinedMemory : s_calledMemory)[$"{name}{size}"]);
 
         /// <summary>Truncates the ulong on the stack to <paramref name="size"/> bytes, zero-extended (nothing for 8).</summary>
         private void ZeroExtend(int size)

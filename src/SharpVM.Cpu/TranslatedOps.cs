@@ -32,6 +32,21 @@ public sealed partial class EmulatorVcpu
 
         [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
         public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
+
+        // One method per access size, which the translator's own IL calls: the size folds into the TLB fast path
+        // instead of a jump table on every access.
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong Load1(EmulatorVcpu c, ulong la) => c.Read(la, 1);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong Load2(EmulatorVcpu c, ulong la) => c.Read(la, 2);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong Load4(EmulatorVcpu c, ulong la) => c.Read(la, 4);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong Load8(EmulatorVcpu c, ulong la) => c.Read(la, 8);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong LoadForWrite1(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 1);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong LoadForWrite2(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 2);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong LoadForWrite4(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 4);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static ulong LoadForWrite8(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 8);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static void Store1(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 1, v);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static void Store2(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 2, v);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static void Store4(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 4, v);
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] public static void Store8(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 8, v);
     }
 
     /// <summary>
@@ -48,6 +63,20 @@ public sealed partial class EmulatorVcpu
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
+
+        // The same per-size shape as CalledMemory's (the translator picks either by name).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load1(EmulatorVcpu c, ulong la) => c.Read(la, 1);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load2(EmulatorVcpu c, ulong la) => c.Read(la, 2);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load4(EmulatorVcpu c, ulong la) => c.Read(la, 4);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load8(EmulatorVcpu c, ulong la) => c.Read(la, 8);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong LoadForWrite1(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 1);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong LoadForWrite2(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 2);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong LoadForWrite4(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 4);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong LoadForWrite8(EmulatorVcpu c, ulong la) => c.ReadForWrite(la, 8);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store1(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 1, v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store2(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 2, v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store4(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 4, v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store8(EmulatorVcpu c, ulong la, ulong v) => c.Write(la, 8, v);
     }
 
     /// <summary>

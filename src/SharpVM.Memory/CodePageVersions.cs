@@ -46,10 +46,14 @@ public sealed class CodePageVersions
     }
 
     /// <summary>Called after a write to page <paramref name="ppn"/>: invalidates the code decoded from it, if any.</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void NoteWrite(ulong ppn)
     {
-        if (ppn < (ulong)_versions.Length && (Volatile.Read(ref _versions[ppn]) & Watched) != 0) Invalidate(ppn);
+        // SAFETY: as in Current (every store of an emulated vCPU comes here: the checked ulong index cost an overflow
+        // check and a second range check).
+        if (ppn < (ulong)_versions.Length
+            && (Volatile.Read(ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_versions), (nint)ppn)) & Watched) != 0)
+            Invalidate(ppn);
     }
 
     /// <summary>Called after a device or loader wrote [address, address+length): <see cref="NoteWrite"/> for each page, after a fence.</summary>
