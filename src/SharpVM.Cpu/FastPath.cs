@@ -9,6 +9,11 @@ namespace SharpVM.Cpu;
 /// operands as plain register numbers, displacement and immediate, so executing them needs no Iced
 /// property decoding. Everything else has <see cref="Op"/> = 0 and runs through the generic interpreter.
 /// </summary>
+/// <remarks>
+/// 64 bytes: the byte fields share the first 16 (Cc among them; after the ulongs it cost 8 bytes of padding and made
+/// the struct 72), so an entry is at most two cache lines and a block's array is smaller. Interpreting code that is not
+/// hot yet is mostly waiting for these arrays to come from memory.
+/// </remarks>
 internal struct DInsn
 {
     public byte Op;      // FastOp
@@ -21,11 +26,11 @@ internal struct DInsn
     public sbyte Base, Index;
     public byte Scale;   // shift
     public byte Seg;
+    /// <summary>Fused compare-and-branch only (see <see cref="FastOp.AluJccRR64"/>): the Jcc's condition (its target and fall-through are <see cref="Target"/> and <see cref="JccNext"/>).</summary>
+    public byte Cc;
     public ulong Disp;
     public ulong Imm;
     public ulong Ip, NextIp;
-    /// <summary>Fused compare-and-branch only (see <see cref="FastOp.AluJccRR64"/>): the Jcc's condition, target and fall-through.</summary>
-    public byte Cc;
     public ulong Target, JccNext;
 }
 
