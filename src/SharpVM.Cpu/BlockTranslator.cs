@@ -667,11 +667,10 @@ internal static class BlockTranslator
                 EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp => Fields.LazySubState,
                 _ => Fields.LazyLogicState,
             };
-            Cpu(); I4(state); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+            LazyState(state, size);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
-            Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
             if (alu < EmulatorVcpu.OpCmp) store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
             (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, alu, size);
         }
@@ -768,13 +767,22 @@ internal static class BlockTranslator
             CarryFlag(); il.Emit(OpCodes.Stloc, Temp(1)); // before anything changes the lazy state (or temps 0-2)
             operand(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
             il.Emit(OpCodes.Ldloc, Temp(0)); I8(1); il.Emit(dec ? OpCodes.Sub : OpCodes.Add); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
-            Cpu(); I4(dec ? Fields.LazyDecState : Fields.LazyIncState); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+            LazyState(dec ? Fields.LazyDecState : Fields.LazyIncState, size);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
-            Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
             store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
             (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, KnownIncDec, size);
+        }
+
+        /// <summary>
+        /// Records lazy-flag state <paramref name="state"/> of <paramref name="size"/> bytes: two constant stores to adjacent
+        /// int fields, one after the other, which the JIT merges into one 8-byte store.
+        /// </summary>
+        private void LazyState(int state, int size)
+        {
+            Cpu(); I4(state); il.Emit(OpCodes.Stfld, Fields.LazyOp);
+            Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
         }
 
         /// <summary>The <see cref="_knownAlu"/> of an INC/DEC: the operand, the CF kept and the result are in temps 0-2.</summary>
