@@ -298,30 +298,26 @@ public sealed unsafe partial class EmulatorVcpu
             _runningSlot = -1;
             return;
         }
-        RunBlockSlowly(ref cached, slot);
+        var b = cached.Block!;
+        _blockPpn2 = b.Ppn2;
+        translated = b.Translated ?? CountInterpretedRun(b);
+        if (translated is not null && _runTranslated) RunTranslatedFirstTime(ref cached, b, translated, slot);
+        else RunInterpreted(b, slot);
     }
 
     /// <summary>
-    /// A block whose translation is not in its slot: not translated (yet), just translated (copied into the slot here),
-    /// crossing into a second page, or translation off or tracing. Out of line, like the interpreter.
+    /// A translated block whose translation is not in its slot yet (copied there now, unless the block crosses into a
+    /// second page: those always come here). Out of line, like the interpreter.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void RunBlockSlowly(ref CachedBlock cached, int slot)
+    private void RunTranslatedFirstTime(ref CachedBlock cached, Block b, TranslatedBlock translated, int slot)
     {
-        var b = cached.Block!;
-        _blockPpn2 = b.Ppn2;
-        var translated = b.Translated ?? CountInterpretedRun(b);
-        if (translated is not null && _runTranslated)
-        {
-            if (!cached.TwoPages) cached.Translated = translated;
-            TranslatedBlockRuns++;
-            InstructionsRetired += b.Count;
-            _runningSlot = slot;
-            translated(this, ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr));
-            _runningSlot = -1;
-            return;
-        }
-        RunInterpreted(b, slot);
+        if (!cached.TwoPages) cached.Translated = translated;
+        TranslatedBlockRuns++;
+        InstructionsRetired += b.Count;
+        _runningSlot = slot;
+        translated(this, ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(Gpr));
+        _runningSlot = -1;
     }
 
     /// <summary>
