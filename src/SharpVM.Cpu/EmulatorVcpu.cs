@@ -106,6 +106,7 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         ApicBase = 0xFEE00000UL | 0x800 | (id == 0 ? 0x100UL : 0);
         InitTlb();
         Reset();
+        UpdateRunTranslated();
         _waitForSipi = id != 0;
     }
 

@@ -396,7 +396,8 @@ public sealed unsafe partial class EmulatorVcpu
     /// <summary>Translates an instruction fetch; returns the physical address (host page via <paramref name="host"/>).</summary>
     internal ulong TranslateFetch(ulong la, out byte* host)
     {
-        ref var e = ref _tlb[(int)(la >> 12) & TlbMask];
+        // SAFETY: the index is masked to TlbSize, the length of _tlb (InitTlb): no bounds check on the block dispatch path.
+        ref var e = ref Unsafe.Add(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_tlb), (int)(la >> 12) & TlbMask);
         if (e.Vpn != la >> 12 || (e.Perm & NeedX) == 0) e = ref Fill(la, NeedX);
         host = e.Host;
         return (e.Ppn << 12) | ((uint)la & 0xFFF);

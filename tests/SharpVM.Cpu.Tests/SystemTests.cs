@@ -37,6 +37,9 @@ internal sealed class FakeInterruptSource : IVcpuInterruptSource
         WakeUp?.Invoke();
     }
 
+    /// <summary>Makes <paramref name="vector"/> pending without waking the CPU: only its periodic poll can see it.</summary>
+    public void RaiseWithoutWakeUp(int vector) => _pending = vector;
+
     public void RaiseNmi()
     {
         _nmi = true;
@@ -382,6 +385,26 @@ public abstract class SystemTests(bool translated)
         var exit = g.Run();
         t.Join();
         Assert.Equal(0x41UL, g.Cpu.GetRegisters().R10);
+        Assert.True(exit.Reason is VcpuExitReason.Interrupted or VcpuExitReason.Halt);
+    }
+
+    [Fact]
+    public void InterruptPendingWithoutAWakeUpIsDeliveredByThePeriodicPoll()
+    {
+        // The vCPU runs a few hundred blocks between looks at its interrupt source unless a wake-up asks it to look
+        // sooner; an interrupt that became deliverable without one must still arrive.
+        using var g = new TestGuest(translated: translated);
+        var src = new FakeInterruptSource();
+        g.Cpu.AttachInterruptSource(src);
+        g.Load(0xC000, a => { a.mov(r10, 0x42); a.add(rsp, 40); a.hlt(); });
+        SetGate(g, 0x42, 0xC000);
+        g.Load(TestGuest.CodeAddr, a => { var l = a.CreateLabel(); a.sti(); a.Label(ref l); a.inc(rax); a.jmp(l); });
+        var t = new Thread(() => { while (g.Cpu.InstructionsRetired < 10_000) Thread.Sleep(5); src.RaiseWithoutWakeUp(0x42); Thread.Sleep(300); g.Cpu.RequestExit(); });
+        t.Start();
+        var exit = g.Run();
+        t.Join();
+        Assert.Equal(0x42UL, g.Cpu.GetRegisters().R10);
+        Assert.Equal(1, src.Acknowledged);
         Assert.True(exit.Reason is VcpuExitReason.Interrupted or VcpuExitReason.Halt);
     }
 

@@ -13,6 +13,7 @@ using static Iced.Intel.AssemblerRegisters;
 //
 // usage: dotnet run -c Release --project bench/cpu/SharpVM.Cpu.Bench [iterations] [--no-qemu]
 //        SharpVM.Cpu.Bench jit [rounds] [--loop]: the translator's JIT time per block and per instruction form (JitCost.cs)
+//        SHARPVM_BENCH_SPREAD_BLOCKS=N: blocks in the many-block dispatch loop (SpreadDispatch.cs; default 2048)
 // (QEMU runs 20x the iterations.)
 
 if (args.Length > 0 && args[0] == "jit")
@@ -58,6 +59,17 @@ foreach (bool user in new[] { false, true })
         double qNs = q / ((double)(qIter - Baseline) * 4) * 1e9;
         Console.WriteLine($"dispatch (kernel, 2-instruction blocks): QEMU 7.2 TCG {qNs:F1} ns per block entry (chained); SharpVM is {emu / entries * 1e9 / qNs:F1}x slower");
     }
+}
+
+// Dispatch over many blocks on many pages (what a boot's dispatch sees of the caches); no QEMU run: it boots
+// from the 512-byte sector, too small for these blocks.
+{
+    SpreadDispatch.Warm();
+    long rounds = Math.Max(20, iterations * 4 / SpreadDispatch.Blocks);
+    double run = SpreadDispatch.Run(rounds);
+    double translated = SpreadDispatch.TranslatedShare;
+    double emu = run - SpreadDispatch.Run(10);
+    Console.WriteLine($"dispatch ({SpreadDispatch.Blocks} 2-instruction blocks on {SpreadDispatch.Blocks / 8} pages): SharpVM.Cpu {emu / ((rounds - 10) * (double)SpreadDispatch.Blocks) * 1e9:F1} ns per block entry ({translated:P0} of them translated)");
 }
 
 // Exception round trip: UD2 -> #UD handler (skips it) -> IRETQ, in 64-bit kernel mode.

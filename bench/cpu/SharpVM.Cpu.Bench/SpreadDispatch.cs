@@ -1,0 +1,99 @@
+using Iced.Intel;
+using SharpVM.Cpu;
+using SharpVM.Devices.Bus;
+using SharpVM.Hypervisor;
+using SharpVM.Memory;
+using static Iced.Intel.AssemblerRegisters;
+
+/// <summary>
+/// Dispatch over many blocks: the boot sector's dispatch loop has four blocks, whose cache slots, <c>Block</c> objects,
+/// delegates and TLB entries all stay in the L1 cache; a Linux boot enters ~2,500 hot blocks on hundreds of pages.
+/// Here a round runs <see cref="Blocks"/> two-instruction blocks (<c>add rax, rcx; jmp next</c>), 8 to a page,
+/// each jumping back to the one below it (a forward JMP on the page would merge them into one block), in 64-bit
+/// kernel mode; the last one counts the rounds down. Every block is translated before the measured run (a first
+/// VM runs them past the translation threshold; translations are shared by address).
+/// </summary>
+internal static class SpreadDispatch
+{
+    /// <summary>Blocks per round: 2048, or SHARPVM_BENCH_SPREAD_BLOCKS (to see where the caches stop holding them).</summary>
+    public static readonly int Blocks = int.TryParse(Environment.GetEnvironmentVariable("SHARPVM_BENCH_SPREAD_BLOCKS"), out int n) && n >= 2 ? n : 2048;
+    private const ulong CodeBase = 0x100000, Stride = 0x200;
+
+    /// <summary>Runs the blocks past the translation threshold and waits until the translator thread has caught up.</summary>
+    public static void Warm()
+    {
+        Run(1200);
+        long seen = -1;
+        for (int quiet = 0; quiet < 5; )
+        {
+            Thread.Sleep(100);
+            long now = BlockTranslator.BlocksTranslated;
+            quiet = now == seen ? quiet + 1 : 0;
+            seen = now;
+        }
+    }
+
+    /// <summary>CPU seconds of the vCPU's thread to run <paramref name="rounds"/> rounds.</summary>
+    public static double Run(long rounds)
+    {
+        using var mem = GuestMemory.Create(64 << 20);
+        void W64(ulong a, ulong v) => mem.Write(new GuestAddress(a), v);
+        W64(0x1008, 0x00AF9B000000FFFF); W64(0x1010, 0x00CF93000000FFFF);
+        W64(0x2000, 0x3000 | 3); W64(0x3000, 0x4000 | 3);
+        for (ulong k = 0; k < 32; k++) W64(0x4000 + k * 8, (k << 21) | 0x83);
+        void Put(ulong at, Action<Assembler> f)
+        {
+            var a = new Assembler(64);
+            f(a);
+            var w = new ListWriter();
+            a.Assemble(w, at);
+            mem.Write(new GuestAddress(at), w.Bytes.ToArray());
+        }
+        // Block k lives at Entry(k), below block k - 1: every JMP goes backward.
+        static ulong Entry(int k) => CodeBase + (ulong)(Blocks - 1 - k) * Stride;
+        for (int k = 0; k < Blocks - 1; k++)
+        {
+            ulong next = Entry(k + 1);
+            Put(Entry(k), a => { a.add(rax, rcx); a.jmp(next); });
+        }
+        ulong first = Entry(0);
+        Put(Entry(Blocks - 1), a =>
+        {
+            a.dec(rcx);
+            a.jnz(first);
+            a.@out(0xF4, al); // ends the run (HLT would wait for an interrupt), at the end of this block
+            var self = a.CreateLabel();
+            a.Label(ref self);
+            a.jmp(self);
+        });
+        using var hv = new EmulatorHypervisor();
+        using var vm = hv.CreateVm(mem, new PioBus(), new MmioBus(), new VmPlatformOptions());
+        var cpu = (EmulatorVcpu)vm.CreateVcpu(0);
+        var s = cpu.GetSpecialRegisters();
+        s.Cr0 = 0x80050033; s.Cr3 = 0x2000; s.Cr4 = 0x20; s.Efer = 0x500;
+        s.Cs = Segment.Flat(0x08, 0xB, longMode: true, code: true);
+        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = Segment.Flat(0x10, 0x3, longMode: true, code: false);
+        s.Gdt = new DescriptorTable { Base = 0x1000, Limit = 0x17 };
+        s.Idt = new DescriptorTable { Base = 0x5000, Limit = 0xFFF };
+        cpu.SetSpecialRegisters(s);
+        cpu.SetRegisters(new Registers { Rip = first, Rcx = (ulong)rounds, Rsp = 0x80000, Rflags = 2 });
+        var io = new ExitOnPort(cpu);
+        double t0 = ThreadCpu.Now();
+        while (true)
+        {
+            var exit = cpu.Run(io);
+            if (exit.Reason == VcpuExitReason.Interrupted && io.Done) break;
+            if (exit.Reason != VcpuExitReason.Interrupted) throw new InvalidOperationException($"guest stopped: {exit}");
+        }
+        double t = ThreadCpu.Now() - t0;
+        // Each round retires two instructions per block; the last one adds the OUT and the JMP that ends its block.
+        long expected = rounds * 2L * Blocks + 2;
+        if (cpu.InstructionsRetired != expected)
+            throw new InvalidOperationException($"spread dispatch: {cpu.InstructionsRetired} instructions retired, expected {expected}");
+        TranslatedShare = (double)cpu.TranslatedBlockRuns / (rounds * (double)Blocks);
+        return t;
+    }
+
+    /// <summary>Of the last run's block entries, the share that ran translated.</summary>
+    public static double TranslatedShare { get; private set; }
+}
