@@ -75,24 +75,12 @@ foreach (bool user in new[] { false, true })
 // Exception round trip: UD2 -> #UD handler (skips it) -> IRETQ, in 64-bit kernel mode.
 {
     const long Faults = 200_000;
-    using var mem = GuestMemory.Create(64 << 20);
-    void W64(ulong a, ulong v) => mem.Write(new GuestAddress(a), v);
-    W64(0x1008, 0x00AF9B000000FFFF); W64(0x1010, 0x00CF93000000FFFF);
-    W64(0x2000, 0x3000 | 3); W64(0x3000, 0x4000 | 3);
-    for (ulong k = 0; k < 32; k++) W64(0x4000 + k * 8, (k << 21) | 0x83);
+    using var guest = new LongModeGuest();
     const ulong Handler = 0x9000;
-    W64(0x5000 + 6 * 16, (Handler & 0xFFFF) | (0x08UL << 16) | (0x8EUL << 40) | ((Handler >> 16) << 48));
-    W64(0x5000 + 6 * 16 + 8, 0);
-    void Put(ulong at, Action<Assembler> f)
-    {
-        var a = new Assembler(64);
-        f(a);
-        var w = new ListWriter();
-        a.Assemble(w, at);
-        mem.Write(new GuestAddress(at), w.Bytes.ToArray());
-    }
-    Put(Handler, a => { a.add(__qword_ptr[rsp], 2); a.iretq(); });
-    Put(0x100000, a =>
+    guest.W64(LongModeGuest.Idt + 6 * 16, (Handler & 0xFFFF) | (0x08UL << 16) | (0x8EUL << 40) | ((Handler >> 16) << 48));
+    guest.W64(LongModeGuest.Idt + 6 * 16 + 8, 0);
+    guest.Put(Handler, a => { a.add(__qword_ptr[rsp], 2); a.iretq(); });
+    guest.Put(0x100000, a =>
     {
         var l = a.CreateLabel();
         a.mov(rcx, Faults);
@@ -102,17 +90,8 @@ foreach (bool user in new[] { false, true })
         a.jnz(l);
         a.@out(0xF4, al); // ends the run (HLT would wait for an interrupt: the VM has a local APIC)
     });
-    using var hv = new EmulatorHypervisor();
-    using var vm = hv.CreateVm(mem, new PioBus(), new MmioBus(), new VmPlatformOptions());
-    var cpu = (EmulatorVcpu)vm.CreateVcpu(0);
-    var s = cpu.GetSpecialRegisters();
-    s.Cr0 = 0x80050033; s.Cr3 = 0x2000; s.Cr4 = 0x20; s.Efer = 0x500;
-    s.Cs = Segment.Flat(0x08, 0xB, longMode: true, code: true);
-    s.Ds = s.Es = s.Ss = s.Fs = s.Gs = Segment.Flat(0x10, 0x3, longMode: true, code: false);
-    s.Gdt = new DescriptorTable { Base = 0x1000, Limit = 0x17 };
-    s.Idt = new DescriptorTable { Base = 0x5000, Limit = 0xFFF };
-    cpu.SetSpecialRegisters(s);
-    cpu.SetRegisters(new Registers { Rip = 0x100000, Rsp = 0x80000, Rflags = 2 });
+    guest.Start(0x100000);
+    var cpu = guest.Cpu;
     double t0 = ThreadCpu.Now();
     var exit = cpu.Run(new ExitOnPort(cpu));
     double t = ThreadCpu.Now() - t0;

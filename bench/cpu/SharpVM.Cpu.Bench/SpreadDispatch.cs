@@ -1,8 +1,6 @@
 using Iced.Intel;
 using SharpVM.Cpu;
-using SharpVM.Devices.Bus;
 using SharpVM.Hypervisor;
-using SharpVM.Memory;
 using static Iced.Intel.AssemblerRegisters;
 
 /// <summary>
@@ -36,28 +34,16 @@ internal static class SpreadDispatch
     /// <summary>CPU seconds of the vCPU's thread to run <paramref name="rounds"/> rounds.</summary>
     public static double Run(long rounds)
     {
-        using var mem = GuestMemory.Create(64 << 20);
-        void W64(ulong a, ulong v) => mem.Write(new GuestAddress(a), v);
-        W64(0x1008, 0x00AF9B000000FFFF); W64(0x1010, 0x00CF93000000FFFF);
-        W64(0x2000, 0x3000 | 3); W64(0x3000, 0x4000 | 3);
-        for (ulong k = 0; k < 32; k++) W64(0x4000 + k * 8, (k << 21) | 0x83);
-        void Put(ulong at, Action<Assembler> f)
-        {
-            var a = new Assembler(64);
-            f(a);
-            var w = new ListWriter();
-            a.Assemble(w, at);
-            mem.Write(new GuestAddress(at), w.Bytes.ToArray());
-        }
+        using var guest = new LongModeGuest();
         // Block k lives at Entry(k), below block k - 1: every JMP goes backward.
         static ulong Entry(int k) => CodeBase + (ulong)(Blocks - 1 - k) * Stride;
         for (int k = 0; k < Blocks - 1; k++)
         {
             ulong next = Entry(k + 1);
-            Put(Entry(k), a => { a.add(rax, rcx); a.jmp(next); });
+            guest.Put(Entry(k), a => { a.add(rax, rcx); a.jmp(next); });
         }
         ulong first = Entry(0);
-        Put(Entry(Blocks - 1), a =>
+        guest.Put(Entry(Blocks - 1), a =>
         {
             a.dec(rcx);
             a.jnz(first);
@@ -66,17 +52,8 @@ internal static class SpreadDispatch
             a.Label(ref self);
             a.jmp(self);
         });
-        using var hv = new EmulatorHypervisor();
-        using var vm = hv.CreateVm(mem, new PioBus(), new MmioBus(), new VmPlatformOptions());
-        var cpu = (EmulatorVcpu)vm.CreateVcpu(0);
-        var s = cpu.GetSpecialRegisters();
-        s.Cr0 = 0x80050033; s.Cr3 = 0x2000; s.Cr4 = 0x20; s.Efer = 0x500;
-        s.Cs = Segment.Flat(0x08, 0xB, longMode: true, code: true);
-        s.Ds = s.Es = s.Ss = s.Fs = s.Gs = Segment.Flat(0x10, 0x3, longMode: true, code: false);
-        s.Gdt = new DescriptorTable { Base = 0x1000, Limit = 0x17 };
-        s.Idt = new DescriptorTable { Base = 0x5000, Limit = 0xFFF };
-        cpu.SetSpecialRegisters(s);
-        cpu.SetRegisters(new Registers { Rip = first, Rcx = (ulong)rounds, Rsp = 0x80000, Rflags = 2 });
+        guest.Start(first, (ulong)rounds);
+        var cpu = guest.Cpu;
         var io = new ExitOnPort(cpu);
         double t0 = ThreadCpu.Now();
         while (true)
