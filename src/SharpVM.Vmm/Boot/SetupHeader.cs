@@ -63,6 +63,8 @@ public sealed record SetupHeader
             throw new InvalidKernelException($"{what}: boot protocol {version >> 8}.{version & 0xFF:D2} is too old (2.06 or later is needed)");
         int end = 0x202 + image[0x201];
         end = Math.Clamp(end, 0x23C, 0x290); // 2.06 headers end at 0x23C, 2.15 ones before 0x290
+        if (image.Length < end)
+            throw new InvalidKernelException($"{what} is not a Linux kernel: truncated setup header ({image.Length} bytes, the header says it ends at 0x{end:x})");
         return new SetupHeader
         {
             SetupSects = image[SetupSectsOffset],
