@@ -14,6 +14,7 @@ using static Iced.Intel.AssemblerRegisters;
 // usage: dotnet run -c Release --project bench/cpu/SharpVM.Cpu.Bench [iterations] [--no-qemu]
 //        SharpVM.Cpu.Bench jit [rounds] [--loop]: the translator's JIT time per block and per instruction form (JitCost.cs)
 //        SHARPVM_BENCH_SPREAD_BLOCKS=N: blocks in the many-block dispatch loop (SpreadDispatch.cs; default 2048)
+//        SHARPVM_BENCH_SPREAD_ADDS=N: ADDs per block there (default 1)
 // (QEMU runs 20x the iterations.)
 
 if (args.Length > 0 && args[0] == "jit")
@@ -69,7 +70,7 @@ foreach (bool user in new[] { false, true })
     double run = SpreadDispatch.Run(rounds);
     double translated = SpreadDispatch.TranslatedShare;
     double emu = run - SpreadDispatch.Run(10);
-    Console.WriteLine($"dispatch ({SpreadDispatch.Blocks} 2-instruction blocks on {SpreadDispatch.Blocks / 8} pages): SharpVM.Cpu {emu / ((rounds - 10) * (double)SpreadDispatch.Blocks) * 1e9:F1} ns per block entry ({translated:P0} of them translated)");
+    Console.WriteLine($"dispatch ({SpreadDispatch.Blocks} {SpreadDispatch.Adds + 1}-instruction blocks on {SpreadDispatch.Blocks / 8} pages): SharpVM.Cpu {emu / ((rounds - 10) * (double)SpreadDispatch.Blocks) * 1e9:F1} ns per block entry ({translated:P0} of them translated)");
 }
 
 // Exception round trip: UD2 -> #UD handler (skips it) -> IRETQ, in 64-bit kernel mode.

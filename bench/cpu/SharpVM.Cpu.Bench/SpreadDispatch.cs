@@ -15,6 +15,11 @@ internal static class SpreadDispatch
 {
     /// <summary>Blocks per round: 2048, or SHARPVM_BENCH_SPREAD_BLOCKS (to see where the caches stop holding them).</summary>
     public static readonly int Blocks = int.TryParse(Environment.GetEnvironmentVariable("SHARPVM_BENCH_SPREAD_BLOCKS"), out int n) && n >= 2 ? n : 2048;
+    /// <summary>
+    /// ADDs per block before its JMP: 1, or SHARPVM_BENCH_SPREAD_ADDS (up to 100): longer blocks, like the ~14-instruction
+    /// blocks a boot interprets, whose decoded entries span more cache lines.
+    /// </summary>
+    public static readonly int Adds = int.TryParse(Environment.GetEnvironmentVariable("SHARPVM_BENCH_SPREAD_ADDS"), out int adds) && adds is >= 1 and <= 100 ? adds : 1;
     private const ulong CodeBase = 0x100000, Stride = 0x200;
 
     /// <summary>Runs the blocks past the translation threshold and waits until the translator thread has caught up.</summary>
@@ -40,7 +45,7 @@ internal static class SpreadDispatch
         for (int k = 0; k < Blocks - 1; k++)
         {
             ulong next = Entry(k + 1);
-            guest.Put(Entry(k), a => { a.add(rax, rcx); a.jmp(next); });
+            guest.Put(Entry(k), a => { for (int i = 0; i < Adds; i++) a.add(rax, rcx); a.jmp(next); });
         }
         ulong first = Entry(0);
         guest.Put(Entry(Blocks - 1), a =>
@@ -63,8 +68,9 @@ internal static class SpreadDispatch
             if (exit.Reason != VcpuExitReason.Interrupted) throw new InvalidOperationException($"guest stopped: {exit}");
         }
         double t = ThreadCpu.Now() - t0;
-        // Each round retires two instructions per block; the last one adds the OUT and the JMP that ends its block.
-        long expected = rounds * 2L * Blocks + 2;
+        // Each round retires Adds + 1 instructions per block and two in the last (DEC, JNZ); the last round adds the OUT and
+        // the JMP that ends its block.
+        long expected = rounds * ((Adds + 1L) * (Blocks - 1) + 2) + 2;
         if (cpu.InstructionsRetired != expected)
             throw new InvalidOperationException($"spread dispatch: {cpu.InstructionsRetired} instructions retired, expected {expected}");
         TranslatedShare = (double)cpu.TranslatedBlockRuns / (rounds * (double)Blocks);
