@@ -397,9 +397,7 @@ internal static class BlockTranslator
                     return true;
                 case FastOp.Call:
                     Faults(ref d);
-                    LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
-                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    PushReturnAddress(d.NextIp);
                     SetRip(d.Imm);
                     il.Emit(OpCodes.Ret);
                     return true;
@@ -433,9 +431,7 @@ internal static class BlockTranslator
                     Faults(ref d);
                     if (d.Op == FastOpExtra.CallR) LoadReg(d.Dst); else Load(ref d, 8);
                     il.Emit(OpCodes.Stloc, Temp(1));
-                    LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
-                    Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(d.NextIp); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
-                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    PushReturnAddress(d.NextIp);
                     Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.Rip);
                     il.Emit(OpCodes.Ret);
                     return true;
@@ -987,6 +983,14 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Stfld, Fields.InstructionsRetired);
             il.Emit(OpCodes.Br, _top);
             il.MarkLabel(leave);
+        }
+
+        /// <summary>A near CALL's push of <paramref name="returnAddress"/>: RSP changes once the store succeeded (temp 0 holds the new RSP).</summary>
+        private void PushReturnAddress(ulong returnAddress)
+        {
+            LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
+            Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(returnAddress); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
+            RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
         }
 
         /// <summary>After an instruction that stores: if it wrote into the running code's page, end the block after it.</summary>
