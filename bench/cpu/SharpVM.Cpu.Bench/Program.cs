@@ -15,6 +15,7 @@ using static Iced.Intel.AssemblerRegisters;
 //        SharpVM.Cpu.Bench jit [rounds] [--loop]: the translator's JIT time per block and per instruction form (JitCost.cs)
 //        SHARPVM_BENCH_SPREAD_BLOCKS=N: blocks in the many-block dispatch loop (SpreadDispatch.cs; default 2048)
 //        SHARPVM_BENCH_SPREAD_ADDS=N: ADDs per block there (default 1)
+// The multiply-accumulate loop (the kernel's RSA inner loop, random limbs) runs N/32 rounds of 32 limbs (QEMU 8x that).
 // (QEMU runs 20x the iterations.)
 
 if (args.Length > 0 && args[0] == "jit")
@@ -59,6 +60,23 @@ foreach (bool user in new[] { false, true })
         double q = RunQemu(BootSector.Build(qIter, false, dispatch: true)) - RunQemu(BootSector.Build(Baseline, false, dispatch: true));
         double qNs = q / ((double)(qIter - Baseline) * 4) * 1e9;
         Console.WriteLine($"dispatch (kernel, 2-instruction blocks): QEMU 7.2 TCG {qNs:F1} ns per block entry (chained); SharpVM is {emu / entries * 1e9 / qNs:F1}x slower");
+    }
+}
+
+// Multiply-accumulate: the RSA inner loop of a Linux boot (see BootSector.Build), 32 limbs per round.
+{
+    long rounds = Math.Max(Baseline, iterations / 32);
+    double emu = RunEmu(BootSector.Build(rounds, false, multiplyAccumulate: true), out long retired)
+        - RunEmu(BootSector.Build(Baseline, false, multiplyAccumulate: true), out long baseRetired);
+    double insns = retired - baseRetired, perRound = insns / (rounds - Baseline);
+    Console.WriteLine($"multiply-accumulate (kernel, Linux's mpihelp_submul_1 loop): SharpVM.Cpu {insns / emu / 1e6:F1} M guest instructions/s ({emu:F2} CPU s for {insns / 1e6:F0} M)");
+    if (qemu)
+    {
+        // 8x the rounds: QEMU's start-up is then small against the loop.
+        long qRounds = rounds * 8;
+        double q = RunQemu(BootSector.Build(qRounds, false, multiplyAccumulate: true)) - RunQemu(BootSector.Build(Baseline, false, multiplyAccumulate: true));
+        double qRate = perRound * (qRounds - Baseline) / q, eRate = insns / emu;
+        Console.WriteLine($"multiply-accumulate (kernel, Linux's mpihelp_submul_1 loop): QEMU 7.2 TCG {qRate / 1e6:F1} M guest instructions/s ({q:F2} CPU s); QEMU is {qRate / eRate:F1}x faster");
     }
 }
 
@@ -186,22 +204,31 @@ sealed class ExitOnPort(EmulatorVcpu cpu) : IVcpuIoHandler
 
 static class BootSector
 {
-    private const ulong Org = 0x7C00, Pm32 = 0x7C60, Lm64 = 0x7D00, Gdt = 0x7DC0, Gdtr = 0x7DF0;
+    /// <summary>The 64-bit limbs the multiply-accumulate loop goes over per round (2048-bit numbers, as RSA-2048).</summary>
+    public const int Limbs = 32;
+
+    private const ulong Org = 0x7C00, Pm32 = 0x7C20, Lm64 = 0x7C9E, Gdt = 0x7DC8, Gdtr = 0x7DF8;
 
     /// <param name="dispatch">
     /// Instead of the one self-looping block, the same eight instructions per round as four two-instruction blocks
     /// joined by JMPs (kernel mode): every block entry goes through the dispatcher, which is what this measures.
     /// </param>
-    public static byte[] Build(long iterations, bool user, bool dispatch = false)
+    /// <param name="multiplyAccumulate">
+    /// Instead of the 8-instruction loop, Linux's mpihelp_submul_1 inner loop as GCC compiles it for the 6.1 kernel
+    /// (38 instructions per 64-bit limb: four 32x32 IMULs, CMP/CMOVAE/SETB carries, a load, a SUB from memory, ADC
+    /// and a store) over <see cref="Limbs"/> limbs per round (kernel mode): RSA in the kernel's module signature
+    /// checks and crypto self-tests, whose loops run about half the guest instructions of a Linux boot.
+    /// </param>
+    public static byte[] Build(long iterations, bool user, bool dispatch = false, bool multiplyAccumulate = false)
     {
         var sector = new byte[512];
-        void Put(ulong at, Action<Assembler> f, int bits)
+        void Put(ulong at, Action<Assembler> f, int bits, ulong limit = Org + 510)
         {
             var a = new Assembler(bits);
             f(a);
             var w = new Writer();
             a.Assemble(w, at);
-            if (at - Org + (ulong)w.Bytes.Count > 510) throw new InvalidOperationException("boot sector overflow");
+            if (at + (ulong)w.Bytes.Count > limit) throw new InvalidOperationException($"code at 0x{at:x} ({w.Bytes.Count} bytes) runs past 0x{limit:x}");
             w.Bytes.ToArray().CopyTo(sector, (int)(at - Org));
         }
         Put(Org, a =>
@@ -211,7 +238,7 @@ static class BootSector
             a.lgdt(__[(long)Gdtr]);
             a.mov(eax, cr0); a.or(al, 1); a.mov(cr0, eax);
             a.db(0x66, 0xEA); a.dd((uint)Pm32); a.dw(0x18);
-        }, 16);
+        }, 16, limit: Pm32);
         Put(Pm32, a =>
         {
             a.mov(ax, 0x10); a.mov(ds, ax); a.mov(es, ax); a.mov(ss, ax);
@@ -228,7 +255,7 @@ static class BootSector
             a.mov(ecx, 0xC0000080); a.rdmsr(); a.or(eax, 0x100); a.wrmsr();
             a.mov(eax, cr0); a.or(eax, 0x80000000); a.mov(cr0, eax);
             a.db(0xEA); a.dd((uint)Lm64); a.dw(0x08);
-        }, 32);
+        }, 32, limit: Lm64);
         Put(Lm64, a =>
         {
             var loop = a.CreateLabel();
@@ -242,7 +269,34 @@ static class BootSector
             a.Label(ref body);
             a.mov(rcx, iterations);
             a.mov(rdi, 0x200000);
-            if (dispatch)
+            if (multiplyAccumulate)
+            {
+                // Pseudo-random limbs (xorshift64) at 2 MiB: RSA's carries are data-dependent, and host code that branches
+                // on them pays for mispredictions that all-zero limbs would hide.
+                var fill = a.CreateLabel();
+                a.mov(edi, 0x200000); a.mov(ecx, 1024); a.mov(eax, 0x7F4A7C15);
+                a.Label(ref fill);
+                a.mov(rdx, rax); a.shl(rdx, 13); a.xor(rax, rdx); a.mov(rdx, rax); a.shr(rdx, 7); a.xor(rax, rdx);
+                a.mov(rdx, rax); a.shl(rdx, 17); a.xor(rax, rdx); a.mov(__qword_ptr[rdi], rax); a.add(edi, 8); a.dec(ecx); a.jnz(fill);
+                // Result limbs at 2 MiB (r11), source limbs at 2 MiB + 4 KiB (rbx); the multiplier's halves in r9/r10.
+                a.mov(r15, iterations); a.mov(r11, 0x200000); a.mov(rbx, 0x201000); a.mov(r9, 0x89abcdef); a.mov(r10, 0x01234567);
+                a.mov(rbp, 0x100000000);
+                var outer = a.CreateLabel();
+                var inner = a.CreateLabel();
+                a.Label(ref outer);
+                a.mov(r8, -Limbs); a.mov(r12, r8); a.xor(esi, esi);
+                a.Label(ref inner);
+                a.movsxd(rax, r8d); a.sub(rax, r12); a.mov(rcx, __qword_ptr[rbx + rax * 8]); a.lea(rdi, __[rax * 8]);
+                a.mov(rdx, rcx); a.mov(ecx, ecx); a.shr(rdx, 32); a.mov(rax, rcx); a.imul(rax, r9); a.mov(r13, rdx);
+                a.imul(r13, r9); a.imul(rcx, r10); a.imul(rdx, r10); a.mov(r14, rax); a.mov(eax, eax); a.shr(r14, 32);
+                a.add(rcx, r13); a.add(rcx, r14); a.mov(r14, rdx); a.add(rdx, rbp); a.cmp(rcx, r13); a.mov(r13, rcx);
+                a.cmovae(rdx, r14); a.add(rax, rsi); a.shl(r13, 32); a.add(rax, r13); a.cmp(rax, rsi); a.setb(sil);
+                a.add(rdi, r11); a.shr(rcx, 32); a.mov(r13, __qword_ptr[rdi]); a.movzx(esi, sil); a.sub(r13, rax);
+                a.adc(rsi, rcx); a.mov(__qword_ptr[rdi], r13); a.add(rsi, rdx); a.add(r8d, 1); a.jne(inner);
+                a.dec(r15); // the rounds (the inner loop uses RCX)
+                a.jnz(outer);
+            }
+            else if (dispatch)
             {
                 // The blocks are laid out last first and joined by backward JMPs: a block goes on through a forward
                 // JMP on its page, which would make the round one block again.
@@ -273,7 +327,7 @@ static class BootSector
             var spin = a.CreateLabel();
             a.Label(ref spin);
             a.jmp(spin);
-        }, 64);
+        }, 64, limit: Gdt);
         // GDT: null, 64-bit code, data, 32-bit code, user data (0x20), user code64 (0x28).
         ulong[] gdt = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CF9B000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF];
         for (int k = 0; k < gdt.Length; k++) BitConverter.GetBytes(gdt[k]).CopyTo(sector, (int)(Gdt - Org) + k * 8);
