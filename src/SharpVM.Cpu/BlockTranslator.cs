@@ -192,14 +192,24 @@ internal static class BlockTranslator
         private readonly Dictionary<ulong, (int Index, Label Label)> _entryLabels = [];
         private LocalBuilder? _budget;
 
-        /// <summary>The entry being emitted, and the last one that is a branch target inside the block.</summary>
-        private int _entry, _labelledEntry = -1;
+        /// <summary>The entry being emitted.</summary>
+        private int _entry;
 
         /// <summary>
         /// The entry whose ALU operation (<see cref="_knownAlu"/>, <see cref="_knownSize"/>) left its operands and result in
-        /// temps 0-2 (AluWithLazyFlags), or -1: a condition right after it is computed from those instead of the lazy-flag fields.
+        /// <see cref="FlagA"/>, <see cref="FlagB"/> and <see cref="FlagR"/> (AluWithLazyFlags), or -1: a condition or carry
+        /// read after it is computed from those instead of the lazy-flag fields, as long as no other instruction changed
+        /// the flags and no branch inside the block landed in between (the flags stay in the lazy-flag fields too).
         /// </summary>
         private int _knownFlagsAt = -1, _knownAlu, _knownSize;
+
+        /// <summary>The known flags' operands and result: locals of their own, which the instructions in between leave alone.</summary>
+        private LocalBuilder FlagA => _flagA ??= il.DeclareLocal(typeof(ulong));
+        private LocalBuilder FlagB => _flagB ??= il.DeclareLocal(typeof(ulong));
+        private LocalBuilder FlagR => _flagR ??= il.DeclareLocal(typeof(ulong));
+        private LocalBuilder? _flagA, _flagB, _flagR;
+
+        private void ForgetKnownFlags() => _knownFlagsAt = _knownCarryAt = -1;
 
         /// <summary>Entries [0, this) have templates: no interpreter call before them can change the mode, the TLB or the interrupt state.</summary>
         private int _templatedPrefix;
@@ -247,9 +257,20 @@ internal static class BlockTranslator
             bool returned = false;
             for (int k = 0; k < _n; k++)
             {
-                if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k) { il.MarkLabel(target.Label); _labelledEntry = k; }
+                if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k)
+                {
+                    // Paths with other flags meet here.
+                    il.MarkLabel(target.Label);
+                    ForgetKnownFlags();
+                }
                 _entry = k;
                 returned = EmitEntry(k);
+                if (b.Insns[k].RflagsModified != 0)
+                {
+                    // It changed the flags: what is known now is only what it left known itself.
+                    if (_knownFlagsAt != k) _knownFlagsAt = -1;
+                    if (_knownCarryAt != k) _knownCarryAt = -1;
+                }
             }
             if (!returned)
             {
@@ -294,7 +315,7 @@ internal static class BlockTranslator
                 case FastOp.Lea64: RegAddress(d.Dst); EffectiveAddress(ref d); il.Emit(OpCodes.Stind_I8); return false;
                 // A flag-setting ALU operation whose flags nothing can see (FlagsLiveness) computes only its result;
                 // CMP and TEST then do nothing at all.
-                case FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 when _flagsDead[k]:
+                case FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 when _flagsDead[k] && !IsCarryAlu(d.Alu):
                     if (d.Alu >= EmulatorVcpu.OpCmp) return false;
                 {
                     int size = d.Op is FastOp.AluRR64 or FastOp.AluRI64 ? 8 : 4;
@@ -329,22 +350,15 @@ internal static class BlockTranslator
                     return false;
                 case FastOp.CmovRR64:
                 {
-                    var skip = il.DefineLabel();
-                    Condition(d.Alu); il.Emit(OpCodes.Brfalse, skip);
-                    RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Stind_I8);
-                    il.MarkLabel(skip);
+                    int src = d.Src;
+                    Select(d.Alu, d.Dst, () => LoadReg(src));
                     return false;
                 }
                 case FastOp.CmovRM64:
-                {
                     // The load happens whatever the condition (it may fault), as on hardware.
-                    var skip = il.DefineLabel();
-                    Faults(ref d); Load(ref d, 8); il.Emit(OpCodes.Stloc, Temp(3)); // temps 0-2 may hold the flags' operands
-                    Condition(d.Alu); il.Emit(OpCodes.Brfalse, skip);
-                    RegAddress(d.Dst); il.Emit(OpCodes.Ldloc, Temp(3)); il.Emit(OpCodes.Stind_I8);
-                    il.MarkLabel(skip);
+                    Faults(ref d); Load(ref d, 8); il.Emit(OpCodes.Stloc, Temp(3));
+                    Select(d.Alu, d.Dst, () => il.Emit(OpCodes.Ldloc, Temp(3)));
                     return false;
-                }
                 case FastOp.MovsxdRR: RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
                 case FastOp.MovsxdRM: Faults(ref d); RegAddress(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
                 case FastOp.Push:
@@ -563,12 +577,30 @@ internal static class BlockTranslator
             }
         }
 
+        /// <summary>
+        /// CMOV: register <paramref name="dst"/> = condition <paramref name="cc"/> ? the value <paramref name="value"/> pushes :
+        /// itself, without a branch: the conditions of multi-precision arithmetic (carries) follow the data, and a host
+        /// branch on them mispredicts about every other time.
+        /// </summary>
+        private void Select(int cc, int dst, Action value)
+        {
+            Condition(cc); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Neg); il.Emit(OpCodes.Stloc, Temp(0)); // all ones or zero
+            RegAddress(dst);
+            value(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.And);
+            LoadReg(dst); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Not); il.Emit(OpCodes.And);
+            il.Emit(OpCodes.Or);
+            il.Emit(OpCodes.Stind_I8);
+        }
+
         private void AluRRSized(ref DInsn d)
         {
             var s = d;
             if (IsLazyAlu(d.Alu))
                 AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => LoadReg(s.Src, s.SrcHigh, s.Size),
                     v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
+            else if (IsCarryAlu(d.Alu))
+                AluWithCarry(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => LoadReg(s.Src, s.SrcHigh, s.Size),
+                    v => StoreReg(s.Dst, s.DstHigh, s.Size, v), false);
             else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR)); }
         }
 
@@ -577,6 +609,8 @@ internal static class BlockTranslator
             var s = d;
             if (IsLazyAlu(d.Alu))
                 AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => I8(s.Imm), v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
+            else if (IsCarryAlu(d.Alu))
+                AluWithCarry(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => I8(s.Imm), v => StoreReg(s.Dst, s.DstHigh, s.Size, v), false);
             else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI)); }
         }
 
@@ -601,25 +635,35 @@ internal static class BlockTranslator
 
         private void AluRR(ref DInsn d, string op)
         {
-            int src = d.Src;
-            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, op == nameof(Ops.AluRR64) ? 8 : 4, () => LoadReg(src));
+            int src = d.Src, dst = d.Dst, size = op == nameof(Ops.AluRR64) ? 8 : 4;
+            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, size, () => LoadReg(src));
+            else if (IsCarryAlu(d.Alu))
+                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => LoadReg(src), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, _flagsDead[_entry]);
             else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op); }
         }
 
         private void AluRI(ref DInsn d, string op)
         {
             ulong imm = op == nameof(Ops.AluRI64) ? d.Imm : (uint)d.Imm;
-            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, op == nameof(Ops.AluRI64) ? 8 : 4, () => I8(imm));
+            int dst = d.Dst, size = op == nameof(Ops.AluRI64) ? 8 : 4;
+            if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, size, () => I8(imm));
+            else if (IsCarryAlu(d.Alu))
+                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => I8(imm), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, _flagsDead[_entry]);
             else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I8(d.Imm); Call(op); }
         }
 
         private void AluRM64(ref DInsn d)
         {
             Faults(ref d);
-            if (IsLazyAlu(d.Alu))
+            if (IsLazyAlu(d.Alu) || IsCarryAlu(d.Alu))
             {
                 Cpu(); Linear(ref d); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8); il.Emit(OpCodes.Stloc, Temp(1));
-                AluWithLazyFlags(d.Alu, d.Dst, 8, () => il.Emit(OpCodes.Ldloc, Temp(1)));
+                if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, 8, () => il.Emit(OpCodes.Ldloc, Temp(1)));
+                else
+                {
+                    int dst = d.Dst;
+                    AluWithCarry(d.Alu, 8, () => LoadReg(dst), () => il.Emit(OpCodes.Ldloc, Temp(1)), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, false);
+                }
             }
             else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64)); }
         }
@@ -649,14 +693,14 @@ internal static class BlockTranslator
         /// The ALU operation on operands <paramref name="first"/> and <paramref name="second"/> push, of any size, masked and
         /// recorded as the lazy-flag state as <see cref="EmulatorVcpu.Alu"/> does; unless it is CMP or TEST,
         /// <paramref name="store"/> then writes the result (which the action it gets pushes). Leaves a, b and the result
-        /// in temps 0, 1 and 2.
+        /// in FlagA, FlagB and FlagR (the known flags).
         /// </summary>
         private void AluWithLazyFlags(int alu, int size, Action first, Action second, Action<Action> store)
         {
-            first(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
-            second(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(1));
-            il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(AluOpCode(alu)); ZeroExtend(size);
-            il.Emit(OpCodes.Stloc, Temp(2));
+            first(); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagA);
+            second(); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagB);
+            il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(AluOpCode(alu)); ZeroExtend(size);
+            il.Emit(OpCodes.Stloc, FlagR);
             int state = alu switch
             {
                 EmulatorVcpu.OpAdd => Fields.LazyAddState,
@@ -664,26 +708,66 @@ internal static class BlockTranslator
                 _ => Fields.LazyLogicState,
             };
             LazyState(state, size);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
-            if (alu < EmulatorVcpu.OpCmp) store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Stfld, Fields.LazyA);
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Stfld, Fields.LazyB);
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Stfld, Fields.LazyR);
+            if (alu < EmulatorVcpu.OpCmp) store(() => il.Emit(OpCodes.Ldloc, FlagR));
             (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, alu, size);
         }
 
+        /// <summary>The ALU operations that add or subtract the carry flag: their flags are computed at once (SetSzp), as Alu does.</summary>
+        private static bool IsCarryAlu(int alu) => alu is EmulatorVcpu.OpAdc or EmulatorVcpu.OpSbb;
+
+        /// <summary>
+        /// ADC or SBB of <paramref name="size"/> bytes on the operands <paramref name="first"/> and <paramref name="second"/>
+        /// push, as <see cref="EmulatorVcpu.Alu"/> computes it: the result and, unless <paramref name="flagsDead"/>, every
+        /// arithmetic flag (CF also kept for a carry chain, see <see cref="RememberCarry"/>); <paramref name="store"/> then
+        /// writes the result. Multi-precision arithmetic runs on these: inline, they cost no call and no switch.
+        /// </summary>
+        private void AluWithCarry(int alu, int size, Action first, Action second, Action<Action> store, bool flagsDead)
+        {
+            bool adc = alu == EmulatorVcpu.OpAdc;
+            var carryIn = _carryIn ??= il.DeclareLocal(typeof(ulong));
+            CarryFlag(); il.Emit(OpCodes.Stloc, carryIn);
+            first(); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagA);
+            second(); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagB);
+            il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(adc ? OpCodes.Add : OpCodes.Sub);
+            il.Emit(OpCodes.Ldloc, carryIn); il.Emit(adc ? OpCodes.Add : OpCodes.Sub); ZeroExtend(size);
+            il.Emit(OpCodes.Stloc, FlagR);
+            if (!flagsDead)
+            {
+                int bits = size * 8;
+                // CF: ADC, r < a, or r == a with a carry in; SBB, a < b, or a == b with a borrow in.
+                if (adc) { il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); }
+                else { il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); }
+                il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Ldloc, carryIn); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.And); il.Emit(OpCodes.Or);
+                il.Emit(OpCodes.Conv_U8);
+                RememberCarry();
+                // OF: ADC, a and b of one sign and r of the other; SBB, a and b of different signs and r's differs from a's.
+                il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, adc ? FlagR : FlagB); il.Emit(OpCodes.Xor);
+                il.Emit(OpCodes.Ldloc, adc ? FlagB : FlagA); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Xor);
+                il.Emit(OpCodes.And); I4(bits - 1); il.Emit(OpCodes.Shr_Un); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+                // AF: the carry into bit 4.
+                il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Xor); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Xor);
+                I8(Flags.AF); il.Emit(OpCodes.And); il.Emit(OpCodes.Or);
+                SetSzp(size, FlagR);
+            }
+            store(() => il.Emit(OpCodes.Ldloc, FlagR));
+            _knownFlagsAt = -1;
+        }
+
+        private LocalBuilder? _carryIn;
+
         /// <summary>
         /// Pushes condition <paramref name="cc"/> computed from the operands and result of the ALU operation just emitted
-        /// (in temps 0-2), as Cond would compute it from the lazy state that operation recorded; false (nothing emitted)
+        /// (in FlagA, FlagB, FlagR), as Cond would compute it from the lazy state that operation recorded; false (nothing emitted)
         /// when no such operation precedes this entry directly or the condition needs the materialized flags.
         /// </summary>
         private bool TryKnownCondition(int cc)
         {
-            // Either this entry's own ALU part (a fused compare-and-branch) or the previous entry's, when this entry only
-            // reads the flags and no branch inside the block lands on it.
+            // Either this entry's own ALU part (a fused compare-and-branch) or an earlier entry's whose flags are still
+            // the current ones (see KnownFlagsMayHaveChanged).
             if (_knownFlagsAt < 0) return false;
-            bool fused = _knownFlagsAt == _entry;
-            bool readsOnly = b.D[_entry].Op is FastOp.Jcc or FastOp.SetccR or FastOp.CmovRR64 or FastOp.CmovRM64;
-            if (!fused && !(readsOnly && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)) return false;
             int state = _knownAlu switch
             {
                 KnownIncDec => Fields.LazyIncState, // INC or DEC: ZF and SF from the result, CF kept from before
@@ -701,22 +785,22 @@ internal static class BlockTranslator
                     ResultSign();
                     break;
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazySubState:
-                    il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un);
+                    il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Clt_Un);
                     break;
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyIncState:
-                    il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Conv_I4);
+                    il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Conv_I4);
                     break;
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyAddState:
-                    il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); // the carry out
+                    il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Clt_Un); // the carry out
                     break;
                 case Iced.Intel.ConditionCode.a or Iced.Intel.ConditionCode.be when state == Fields.LazySubState:
-                    il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Cgt_Un);
+                    il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Cgt_Un);
                     break;
                 case Iced.Intel.ConditionCode.l or Iced.Intel.ConditionCode.ge when state == Fields.LazySubState:
-                    il.Emit(OpCodes.Ldloc, Temp(0)); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, Temp(1)); SignExtend(_knownSize); il.Emit(OpCodes.Clt);
+                    il.Emit(OpCodes.Ldloc, FlagA); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, FlagB); SignExtend(_knownSize); il.Emit(OpCodes.Clt);
                     break;
                 case Iced.Intel.ConditionCode.g or Iced.Intel.ConditionCode.le when state == Fields.LazySubState:
-                    il.Emit(OpCodes.Ldloc, Temp(0)); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, Temp(1)); SignExtend(_knownSize); il.Emit(OpCodes.Cgt);
+                    il.Emit(OpCodes.Ldloc, FlagA); SignExtend(_knownSize); il.Emit(OpCodes.Ldloc, FlagB); SignExtend(_knownSize); il.Emit(OpCodes.Cgt);
                     break;
                 // After a logic operation CF = OF = 0: B never, A when not ZF, L when SF, LE when ZF or SF.
                 case Iced.Intel.ConditionCode.b or Iced.Intel.ConditionCode.ae when state == Fields.LazyLogicState:
@@ -741,11 +825,11 @@ internal static class BlockTranslator
             return true;
         }
 
-        private void ResultIsZero() { il.Emit(OpCodes.Ldloc, Temp(2)); I8(0); il.Emit(OpCodes.Ceq); }
+        private void ResultIsZero() { il.Emit(OpCodes.Ldloc, FlagR); I8(0); il.Emit(OpCodes.Ceq); }
 
         private void ResultSign()
         {
-            il.Emit(OpCodes.Ldloc, Temp(2)); I4(_knownSize * 8 - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4);
+            il.Emit(OpCodes.Ldloc, FlagR); I4(_knownSize * 8 - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4);
         }
 
         private void IncDec(ref DInsn d, int size, bool dec)
@@ -760,14 +844,14 @@ internal static class BlockTranslator
         /// </summary>
         private void IncDecWithLazyFlags(bool dec, int size, Action operand, Action<Action> store)
         {
-            CarryFlag(); il.Emit(OpCodes.Stloc, Temp(1)); // before anything changes the lazy state (or temps 0-2)
-            operand(); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
-            il.Emit(OpCodes.Ldloc, Temp(0)); I8(1); il.Emit(dec ? OpCodes.Sub : OpCodes.Add); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
+            CarryFlag(); il.Emit(OpCodes.Stloc, FlagB); // before anything changes the lazy state (or the known flags)
+            operand(); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagA);
+            il.Emit(OpCodes.Ldloc, FlagA); I8(1); il.Emit(dec ? OpCodes.Sub : OpCodes.Add); ZeroExtend(size); il.Emit(OpCodes.Stloc, FlagR);
             LazyState(dec ? Fields.LazyDecState : Fields.LazyIncState, size);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.LazyB);
-            Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
-            store(() => il.Emit(OpCodes.Ldloc, Temp(2)));
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Stfld, Fields.LazyA);
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Stfld, Fields.LazyB);
+            Cpu(); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Stfld, Fields.LazyR);
+            store(() => il.Emit(OpCodes.Ldloc, FlagR));
             (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, KnownIncDec, size);
         }
 
@@ -781,12 +865,12 @@ internal static class BlockTranslator
             Cpu(); I4(size); il.Emit(OpCodes.Stfld, Fields.LazySz);
         }
 
-        /// <summary>The <see cref="_knownAlu"/> of an INC/DEC: the operand, the CF kept and the result are in temps 0-2.</summary>
+        /// <summary>The <see cref="_knownAlu"/> of an INC/DEC: the operand, the CF kept and the result are in FlagA, FlagB and FlagR.</summary>
         private const int KnownIncDec = -1;
 
         /// <summary>
         /// With CF (0 or 1, a ulong) on the stack, which this entry sets as the flags' only state (a shift, rotate or IMUL
-        /// with SetSzp; the value stays on the stack): keeps a copy for an INC/DEC right after it (see <see cref="CarryFlag"/>).
+        /// with SetSzp; the value stays on the stack): keeps a copy for a later INC/DEC or ADC/SBB (see <see cref="CarryFlag"/>).
         /// </summary>
         private void RememberCarry()
         {
@@ -800,23 +884,23 @@ internal static class BlockTranslator
         private LocalBuilder? _carry;
 
         /// <summary>
-        /// Pushes CF (0 or 1, a ulong) as CarryFlag reads it: from the ALU operation, shift, rotate or IMUL just emitted if
-        /// there is one (and no branch inside the block lands here), else from the lazy state.
+        /// Pushes CF (0 or 1, a ulong) as CarryFlag reads it: from the ALU operation, shift, rotate, IMUL or ADC/SBB that last
+        /// set it if that is known (see <see cref="_knownFlagsAt"/>), else from the lazy state.
         /// </summary>
         private void CarryFlag()
         {
-            if (_knownCarryAt >= 0 && _knownCarryAt == _entry - 1 && _labelledEntry != _entry)
+            if (_knownCarryAt >= 0)
             {
                 il.Emit(OpCodes.Ldloc, _carry!);
                 return;
             }
-            if (_knownFlagsAt >= 0 && _knownFlagsAt == _entry - 1 && _labelledEntry != _entry)
+            if (_knownFlagsAt >= 0)
             {
                 switch (_knownAlu)
                 {
-                    case KnownIncDec: il.Emit(OpCodes.Ldloc, Temp(1)); return; // the CF it kept
-                    case EmulatorVcpu.OpAdd: il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
-                    case EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp: il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
+                    case KnownIncDec: il.Emit(OpCodes.Ldloc, FlagB); return; // the CF it kept
+                    case EmulatorVcpu.OpAdd: il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
+                    case EmulatorVcpu.OpSub or EmulatorVcpu.OpCmp: il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Conv_U8); return;
                     default: I8(0); return;
                 }
             }
@@ -905,15 +989,17 @@ internal static class BlockTranslator
         private LocalBuilder? _bigMulLow;
 
         /// <summary>
-        /// With CF/OF (a ulong of flag bits) on the stack and the result (masked to <paramref name="size"/>) in temp 2:
+        /// With CF/OF (a ulong of flag bits) on the stack and the result (masked to <paramref name="size"/>) in
+        /// <paramref name="result"/> (temp 2 if null):
         /// replaces the arithmetic flags with them plus ZF, SF and PF of the result, as SetSzp does (AF cleared, no lazy state).
         /// </summary>
-        private void SetSzp(int size)
+        private void SetSzp(int size, LocalBuilder? result = null)
         {
-            il.Emit(OpCodes.Ldloc, Temp(2)); I8(0); il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Conv_U8); I4(6); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // ZF
-            il.Emit(OpCodes.Ldloc, Temp(2)); I4(size * 8 - 1); il.Emit(OpCodes.Shr_Un); I4(7); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // SF
+            result ??= Temp(2);
+            il.Emit(OpCodes.Ldloc, result); I8(0); il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Conv_U8); I4(6); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // ZF
+            il.Emit(OpCodes.Ldloc, result); I4(size * 8 - 1); il.Emit(OpCodes.Shr_Un); I4(7); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or); // SF
             // PF: an even number of set bits in the low byte (POPCNT; Bits.ParityTable's lookup cost the JIT ~25 us more).
-            il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Conv_U1); il.Emit(OpCodes.Call, s_popCount);
+            il.Emit(OpCodes.Ldloc, result); il.Emit(OpCodes.Conv_U1); il.Emit(OpCodes.Call, s_popCount);
             I4(1); il.Emit(OpCodes.And); I4(1); il.Emit(OpCodes.Xor); I4(2); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Or);
             il.Emit(OpCodes.Stloc, Temp(1));
             Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(~Flags.Arith); il.Emit(OpCodes.And); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Or);

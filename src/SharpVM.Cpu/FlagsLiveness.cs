@@ -8,8 +8,8 @@ namespace SharpVM.Cpu;
 /// A producer's flags are dead when, scanning forward in the block, another instruction replaces all arithmetic flags
 /// before anything reads them <b>and before anything can fault</b>: a fault delivers RFLAGS to the guest's handler, which
 /// must see them as the interpreter would. Reaching the block's end keeps them live (the next block may read them),
-/// as does any instruction this analysis does not know: the interpreter, ADC/SBB, INC/DEC (they keep CF), rotates,
-/// shifts other than 32/64-bit ones by an immediate, conditions.
+/// as does any instruction this analysis does not know: the interpreter, INC/DEC (they keep CF), rotates, shifts other
+/// than 32/64-bit ones by an immediate, conditions, and ADC/SBB (they read CF; only their own outputs may be dead).
 /// </summary>
 internal static class FlagsLiveness
 {
@@ -18,7 +18,7 @@ internal static class FlagsLiveness
         var dead = new bool[n];
         for (int k = 0; k < n; k++)
         {
-            if (!ProducesAllFlags(in d[k])) continue;
+            if (!ProducesAllFlags(in d[k]) && !IsCarryArithmetic(in d[k])) continue;
             for (int j = k + 1; j < n; j++)
             {
                 if (CanFault(in d[j]) || !IsTransparent(in d[j]) && !ProducesAllFlags(in d[j])) break;
@@ -39,6 +39,13 @@ internal static class FlagsLiveness
         FastOp.ImulRR64 => true,
         _ => false,
     };
+
+    /// <summary>
+    /// Register-only ADC/SBB: they replace every arithmetic flag too, but read CF, so they end the scan for an earlier
+    /// producer (as a reader) and only their own outputs can be dead.
+    /// </summary>
+    private static bool IsCarryArithmetic(in DInsn d) =>
+        d.Op is FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 && d.Alu is EmulatorVcpu.OpAdc or EmulatorVcpu.OpSbb;
 
     /// <summary>Register-only forms that neither read nor write flags.</summary>
     private static bool IsTransparent(in DInsn d) => d.Op switch

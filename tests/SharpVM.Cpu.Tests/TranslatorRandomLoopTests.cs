@@ -15,6 +15,7 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
 {
     private static readonly AssemblerRegister64[] R64 = [rax, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14];
     private static readonly AssemblerRegister32[] R32 = [eax, ecx, edx, esi, edi, ebp, r8d, r9d, r10d, r11d, r12d, r13d, r14d];
+    private static readonly AssemblerRegister16[] R16 = [ax, cx, dx, si, di, bp, r8w, r9w, r10w, r11w, r12w, r13w, r14w];
     private static readonly AssemblerRegister8[] R8L = [al, cl, dl, bl, ah, ch, dh, bh];
 
     private static void Gen(Assembler a, Random rnd, bool codeData)
@@ -34,7 +35,8 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
             var mem = rnd.Next(20) == 0 ? __qword_ptr[y + disp] : __qword_ptr[rbx + disp];
             var mem32 = rnd.Next(20) == 0 ? __dword_ptr[y + disp] : __dword_ptr[rbx + disp];
             int imm = rnd.Next(4) == 0 ? rnd.Next() : rnd.Next(-100, 100);
-            switch (rnd.Next(34))
+            var z = R64[rnd.Next(R64.Length)]; var w = R64[rnd.Next(R64.Length)];
+            switch (rnd.Next(39))
             {
                 case 0: a.mov(x, y); break;
                 case 1: a.mov(x, rnd.NextInt64()); break;
@@ -70,6 +72,12 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
                 case 31: a.add(__qword_ptr[rbx + disp], x); break; // interpreted store
                 case 32: a.or(x32, mem32); break;
                 case 33: a.cmp(x32, y32); var l = a.CreateLabel(); a.jb(l); a.inc(r14); a.Label(ref l); break;
+                case 34: a.adc(x, mem); break;
+                case 35: a.sbb(x, imm); break;
+                case 36: a.adc(R16[rnd.Next(R16.Length)], R16[rnd.Next(R16.Length)]); break;
+                // A condition or a carry read with an instruction that leaves the flags alone in between.
+                case 37: a.cmp(x, y); a.mov(z, w); a.cmovae(w, x); break;
+                case 38: a.sub(x, y); a.lea(z, __qword_ptr[w + 8]); a.adc(w, x); break;
             }
         }
         while (pushes-- > 0) a.pop(R64[rnd.Next(R64.Length)]);

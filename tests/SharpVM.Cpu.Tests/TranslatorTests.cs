@@ -235,7 +235,7 @@ public sealed class TranslatorTests
         a.xor(r9, rax);              // 7 live (the load after it may fault)
         a.mov(r10, __qword_ptr[rbx]); // 8
         a.add(r10, rcx);             // 9 live (ADC reads CF)
-        a.adc(r11, rbx);             // 10
+        a.adc(r11, rbx);             // 10 dead (ADD replaces)
         a.add(r13, rdx);             // 11 live (DEC keeps CF)
         a.dec(r8);                   // 12
         a.jnz(top);                  // 13
@@ -250,7 +250,7 @@ public sealed class TranslatorTests
             d.Add(EmulatorVcpu.Predecode(i, Decoding.OperandSize(i), Decoding.AddressSize(i, 64), 64));
         }
         bool[] dead = FlagsLiveness.DeadFlagOutputs([.. d], d.Count);
-        int[] expectedDead = [0, 1, 2, 5];
+        int[] expectedDead = [0, 1, 2, 5, 10];
         Assert.Equal(expectedDead, Enumerable.Range(0, d.Count).Where(k => dead[k]).ToArray());
     }
 }
