@@ -165,6 +165,8 @@ internal static class BlockTranslator
         .MakeGenericMethod(typeof(Seg));
     private static readonly MethodInfo s_bigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
     private static readonly MethodInfo s_popCount = typeof(System.Numerics.BitOperations).GetMethod(nameof(System.Numerics.BitOperations.PopCount), [typeof(uint)])!;
+    private static readonly MethodInfo s_byteSwap32 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(uint)])!;
+    private static readonly MethodInfo s_byteSwap64 = typeof(System.Buffers.Binary.BinaryPrimitives).GetMethod(nameof(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness), [typeof(ulong)])!;
 
     private static readonly Dictionary<string, MethodInfo> s_calledMemory = typeof(EmulatorVcpu.CalledMemory)
         .GetMethods(BindingFlags.Public | BindingFlags.Static).ToDictionary(m => m.Name);
@@ -292,7 +294,9 @@ internal static class BlockTranslator
                 or FastOp.AluRM or FastOp.AluMR or FastOp.AluMI or FastOp.Lea or FastOp.IncR or FastOp.DecR or FastOp.ShiftRI
                 or FastOpExtra.RotRI or FastOp.MovzxRR or FastOp.MovzxRM or FastOp.MovsxRR or FastOp.MovsxRM or FastOp.ImulRR64
                 or FastOp.ImulRM64 or FastOpExtra.ImulRR or FastOpExtra.ImulRM or FastOpExtra.ImulRRI or FastOpExtra.ImulRMI
-                or FastOp.AluJccRR or FastOp.AluJccRI or FastOpExtra.CallR or FastOpExtra.CallM or FastOpExtra.JmpR or FastOpExtra.JmpM => true,
+                or FastOp.AluJccRR or FastOp.AluJccRI or FastOpExtra.CallR or FastOpExtra.CallM or FastOpExtra.JmpR or FastOpExtra.JmpM
+                or FastOpExtra.UnaryR or FastOpExtra.UnaryM or FastOpExtra.BswapR => true,
+            FastOpExtra.ShiftRCl => d.Size is 4 or 8 && !d.DstHigh,
             _ => false,
         };
 
@@ -556,6 +560,37 @@ internal static class BlockTranslator
                     I4(d.Size); Call(nameof(Ops.Imul));
                     return false;
                 }
+                case FastOpExtra.UnaryR:
+                {
+                    // NEG is a SUB from 0 (the same flags, kept lazily); NOT changes no flag.
+                    var s = d;
+                    Action value = () => LoadReg(s.Dst, s.DstHigh, s.Size);
+                    Action<Action> store = v => StoreReg(s.Dst, s.DstHigh, s.Size, v);
+                    Unary(d.Alu, d.Size, value, store);
+                    return false;
+                }
+                case FastOpExtra.UnaryM:
+                {
+                    // INC/DEC/NEG/NOT of memory (not LOCK-ed: those stay with the interpreter). The read asks for write
+                    // access, so the store after the flags changed cannot fault.
+                    Faults(ref d);
+                    int size = d.Size;
+                    Linear(ref d); il.Emit(OpCodes.Stloc, Temp(3));
+                    Unary(d.Alu, size,
+                        () => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); CallMemory(nameof(EmulatorVcpu.CalledMemory.LoadForWrite), size); },
+                        v => { Cpu(); il.Emit(OpCodes.Ldloc, Temp(3)); v(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), size); });
+                    AfterStore(k);
+                    return false;
+                }
+                case FastOpExtra.ShiftRCl when d.Size is 4 or 8 && !d.DstHigh:
+                    ShiftByCl(d.Alu, d.Dst, d.Size);
+                    return false;
+                case FastOpExtra.BswapR:
+                    RegAddress(d.Dst); LoadReg(d.Dst);
+                    if (d.Size == 8) il.Emit(OpCodes.Call, s_byteSwap64);
+                    else { il.Emit(OpCodes.Conv_U4); il.Emit(OpCodes.Call, s_byteSwap32); il.Emit(OpCodes.Conv_U8); }
+                    il.Emit(OpCodes.Stind_I8);
+                    return false;
                 case FastOp.AluJccRR: AluRRSized(ref d); FusedBranch(ref d, k); return true;
                 case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d, k); return true;
                 default:
@@ -591,6 +626,64 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Or);
             il.Emit(OpCodes.Stind_I8);
         }
+
+        /// <summary>
+        /// INC (kind 0), DEC (1), NEG (2) or NOT (3) of the operand <paramref name="value"/> pushes (zero-extended), as
+        /// EmulatorVcpu.Unary computes it; <paramref name="store"/> writes the result. NEG's flags are those of a SUB from 0.
+        /// </summary>
+        private void Unary(int kind, int size, Action value, Action<Action> store)
+        {
+            switch (kind)
+            {
+                case 0 or 1: IncDecWithLazyFlags(kind == 1, size, value, store); break;
+                case 2: AluWithLazyFlags(EmulatorVcpu.OpSub, size, () => I8(0), value, store); break;
+                default: store(() => { value(); il.Emit(OpCodes.Not); ZeroExtend(size); }); break;
+            }
+        }
+
+        /// <summary>
+        /// SHL (kind 0), SHR (1) or SAR (2) of a 4- or 8-byte register by CL, as ShiftRCl computes it: a masked count of 0
+        /// changes no flag and only zero-extends a 32-bit register; else the flags as <see cref="ShiftImmediate"/> sets them.
+        /// </summary>
+        private void ShiftByCl(int kind, int dst, int size)
+        {
+            int bits = size * 8;
+            var count = _shiftCount ??= il.DeclareLocal(typeof(int));
+            var none = il.DefineLabel();
+            var done = il.DefineLabel();
+            LoadReg(1); I8((ulong)(bits - 1)); il.Emit(OpCodes.And); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Stloc, count);
+            il.Emit(OpCodes.Ldloc, count); il.Emit(OpCodes.Brfalse, none);
+            LoadReg(dst); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
+            // The result, then CF: the last bit shifted out (SAR: of the sign-extended operand).
+            il.Emit(OpCodes.Ldloc, Temp(0)); if (kind == 2) SignExtend(size);
+            il.Emit(OpCodes.Ldloc, count); il.Emit(kind == 0 ? OpCodes.Shl : kind == 1 ? OpCodes.Shr_Un : OpCodes.Shr);
+            ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
+            il.Emit(OpCodes.Ldloc, Temp(0)); if (kind == 2) SignExtend(size);
+            if (kind == 0) { I4(bits); il.Emit(OpCodes.Ldloc, count); il.Emit(OpCodes.Sub); }
+            else { il.Emit(OpCodes.Ldloc, count); I4(1); il.Emit(OpCodes.Sub); }
+            il.Emit(kind == 2 ? OpCodes.Shr : OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
+            if (kind == 0)
+            {
+                // OF = the result's sign XOR CF.
+                il.Emit(OpCodes.Dup); il.Emit(OpCodes.Ldloc, Temp(2)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Xor);
+                I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+            }
+            else if (kind == 1)
+            {
+                // OF = the operand's sign when the count is 1.
+                il.Emit(OpCodes.Ldloc, count); I4(1); il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Conv_U8);
+                il.Emit(OpCodes.Ldloc, Temp(0)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.And);
+                I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
+            }
+            SetSzp(size);
+            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            il.Emit(OpCodes.Br, done);
+            il.MarkLabel(none);
+            if (size == 4) { RegAddress(dst); LoadReg(dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
+            il.MarkLabel(done);
+        }
+
+        private LocalBuilder? _shiftCount;
 
         private void AluRRSized(ref DInsn d)
         {

@@ -36,7 +36,7 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
             var mem32 = rnd.Next(20) == 0 ? __dword_ptr[y + disp] : __dword_ptr[rbx + disp];
             int imm = rnd.Next(4) == 0 ? rnd.Next() : rnd.Next(-100, 100);
             var z = R64[rnd.Next(R64.Length)]; var w = R64[rnd.Next(R64.Length)];
-            switch (rnd.Next(39))
+            switch (rnd.Next(43))
             {
                 case 0: a.mov(x, y); break;
                 case 1: a.mov(x, rnd.NextInt64()); break;
@@ -78,6 +78,35 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
                 // A condition or a carry read with an instruction that leaves the flags alone in between.
                 case 37: a.cmp(x, y); a.mov(z, w); a.cmovae(w, x); break;
                 case 38: a.sub(x, y); a.lea(z, __qword_ptr[w + 8]); a.adc(w, x); break;
+                case 39:
+                    if (rnd.Next(2) == 0) a.mov(cl, (byte)rnd.Next(0, 3)); // counts 0 (no flag changes) and 1 (OF defined)
+                    switch (rnd.Next(4))
+                    {
+                        case 0: a.shl(x, cl); break;
+                        case 1: a.shr(x32, cl); break;
+                        case 2: a.sar(x, cl); break;
+                        default: a.sar(x32, cl); break;
+                    }
+                    if (rnd.Next(2) == 0) { a.pushfq(); a.pop(z); } // every flag, as the shift left them
+                    break;
+                case 40:
+                    switch (rnd.Next(3))
+                    {
+                        case 0: a.neg(x); break;
+                        case 1: a.not(x32); break;
+                        default: a.neg(R8L[rnd.Next(R8L.Length)]); break;
+                    }
+                    break;
+                case 41:
+                    switch (rnd.Next(4))
+                    {
+                        case 0: a.inc(mem); break;
+                        case 1: a.dec(mem32); break;
+                        case 2: a.neg(__qword_ptr[rbx + disp]); break;
+                        default: a.not(__word_ptr[rbx + disp]); break;
+                    }
+                    break;
+                case 42: if (rnd.Next(2) == 0) a.bswap(x); else a.bswap(x32); break;
             }
         }
         while (pushes-- > 0) a.pop(R64[rnd.Next(R64.Length)]);

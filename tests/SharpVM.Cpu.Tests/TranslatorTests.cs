@@ -122,6 +122,51 @@ public sealed class TranslatorTests
     }
 
     /// <summary>
+    /// Shifts by CL (every count from 130 down, so masked counts 0 and 1 too), NEG/NOT of registers and memory, INC/DEC of
+    /// memory and BSWAP, translated to their own IL: each result and the RFLAGS it leaves (read with PUSHFQ) match the
+    /// interpreter's.
+    /// </summary>
+    [Fact]
+    public void ShiftsByClUnaryOperationsAndByteSwapsGiveTheInterpretersFlags()
+    {
+        (Registers, long, ulong) Run(bool translated)
+        {
+            using var g = new TestGuest(translated: translated);
+            g.Load(TestGuest.CodeAddr, a =>
+            {
+                var top = a.CreateLabel();
+                a.mov(ecx, 130); a.mov(r8, unchecked((long)0x8000_0000_8000_0001UL)); a.mov(rbx, 0x200000);
+                a.mov(__qword_ptr[rbx], r8);
+                a.Label(ref top);
+                void Fold(AssemblerRegister64 into) { a.pushfq(); a.pop(rdx); a.xor(into, rdx); a.add(into, rax); }
+                a.mov(rax, r8); a.shr(rax, cl); Fold(r9);
+                a.mov(eax, r8d); a.shr(eax, cl); Fold(r9);
+                a.mov(eax, r8d); a.shl(eax, cl); Fold(r10);
+                a.mov(rax, r8); a.shl(rax, cl); Fold(r10);
+                a.mov(rax, r8); a.sar(rax, cl); Fold(r11);
+                a.mov(eax, r8d); a.sar(eax, cl); Fold(r11);
+                a.mov(rax, r8); a.neg(rax); Fold(r12);
+                a.mov(eax, r8d); a.neg(eax); Fold(r12);
+                a.mov(rax, r8); a.not(eax); a.bswap(rax); Fold(r13);
+                a.mov(rax, r8); a.bswap(eax); Fold(r13);
+                a.neg(__qword_ptr[rbx]); a.mov(rax, __qword_ptr[rbx]); Fold(r14);
+                a.inc(__dword_ptr[rbx]); a.mov(rax, __qword_ptr[rbx]); Fold(r14);
+                a.dec(__word_ptr[rbx + 2]); a.mov(rax, __qword_ptr[rbx]); Fold(r14);
+                a.not(__qword_ptr[rbx]); a.mov(rax, __qword_ptr[rbx]); Fold(r14);
+                a.rol(r8, 13); a.add(r8, rcx); // other operands each round, with sign bits set and clear
+                a.dec(ecx);
+                a.jnz(top);
+                a.hlt();
+            });
+            Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+            return (g.Cpu.GetRegisters(), g.Cpu.InstructionsRetired, g.Memory.Read<ulong>(new SharpVM.Memory.GuestAddress(0x200000)));
+        }
+        var interpreted = Run(false);
+        var translated = Run(true);
+        Assert.Equal(interpreted, translated);
+    }
+
+    /// <summary>
     /// A block runs on past conditional branches: a forward one to an instruction of the same block jumps inside the
     /// translation (the skipped instructions do not retire), one out of the block leaves it, one back to its start
     /// loops; results, retired counts and a #PF taken after a skip match the interpreter.
