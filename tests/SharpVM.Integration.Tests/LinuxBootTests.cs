@@ -160,6 +160,14 @@ public abstract class LinuxBootTests<TFixture>(TFixture boot) where TFixture : L
         if (boot.Accelerator == Accelerator.Kvm) Assert.Contains("Booting paravirtualized kernel on KVM", r.Console);
     }
 
+    /// <summary>The seed SharpVM passes in setup_data (SETUP_RNG_SEED) makes the kernel's RNG ready before its clock starts.</summary>
+    [SkippableFact]
+    public void TheKernelsRandomNumberGeneratorIsSeededAtBoot()
+    {
+        var r = boot.Result;
+        Assert.True(Regex.IsMatch(r.Console, @"\[\s*0\.000000\] random: crng init done"), $"the RNG was not ready at boot{Environment.NewLine}{r}");
+    }
+
     [SkippableFact]
     public void CommandOutputComesBack()
     {

@@ -29,6 +29,9 @@ public static class BootLayout
     public static readonly GuestAddress CommandLine = new(0x20000);
     public const int CommandLineMax = 0x10000;
 
+    /// <summary>The setup_data list (one SETUP_RNG_SEED entry), right after the command line's area.</summary>
+    public static readonly GuestAddress SetupData = new(0x30000);
+
     /// <summary>Extended BIOS data area: reserved in the e820 map, up to the VGA hole.</summary>
     public static readonly GuestAddress EbdaStart = new(0x9FC00);
     public static readonly GuestAddress VgaHoleStart = new(0xA0000);

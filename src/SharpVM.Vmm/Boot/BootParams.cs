@@ -58,6 +58,9 @@ public sealed class BootParams
         U32(ExtRamdiskSizeOffset, (uint)(size >> 32));
     }
 
+    /// <summary>The physical address of the first setup_data entry (boot protocol 2.09+), a linked list the kernel walks early.</summary>
+    public void SetSetupData(ulong address) => BinaryPrimitives.WriteUInt64LittleEndian(Bytes.AsSpan(SetupHeader.SetupDataOffset), address);
+
     public void SetAcpiRsdp(ulong address) => BinaryPrimitives.WriteUInt64LittleEndian(Bytes.AsSpan(AcpiRsdpAddrOffset), address);
 
     public void SetE820(IReadOnlyList<E820Entry> entries)

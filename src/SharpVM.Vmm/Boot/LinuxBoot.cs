@@ -229,6 +229,13 @@ public static class LinuxBoot
             bp.SetRamdisk(start, initrdSize);
         }
 
+        // A seed for the kernel's random number generator (see RngSeed; boot protocol 2.09+ has setup_data).
+        if (bp.ReadU16(SetupHeader.VersionOffset) >= 0x0209)
+        {
+            memory.Write(BootLayout.SetupData, RngSeed.Build());
+            bp.SetSetupData(BootLayout.SetupData.Value);
+        }
+
         var e820 = E820Map.Build(memory);
         bp.SetE820(e820);
         if (options.AcpiRsdp is { } rsdp) bp.SetAcpiRsdp(rsdp.Value);

@@ -73,6 +73,27 @@ public sealed class LinuxBootTests : IDisposable
     }
 
     [Fact]
+    public void Setup_data_carries_a_fresh_rng_seed()
+    {
+        byte[] Seed()
+        {
+            LinuxBoot.Load(_memory, LzKernel(), new LinuxBootOptions("x"));
+            var zp = new BootParams();
+            ZeroPage().CopyTo(zp.Bytes, 0);
+            Assert.Equal(BootLayout.SetupData.Value, zp.ReadU64(SetupHeader.SetupDataOffset));
+            var entry = _memory.GetSpan(BootLayout.SetupData, 16 + RngSeed.SeedBytes);
+            Assert.Equal(0ul, BinaryPrimitives.ReadUInt64LittleEndian(entry)); // the only entry
+            Assert.Equal(RngSeed.SetupRngSeed, BinaryPrimitives.ReadUInt32LittleEndian(entry[8..]));
+            Assert.Equal((uint)RngSeed.SeedBytes, BinaryPrimitives.ReadUInt32LittleEndian(entry[12..]));
+            return entry[16..].ToArray();
+        }
+        var first = Seed();
+        var second = Seed();
+        Assert.NotEqual(first, second);
+        Assert.Contains(first, b => b != 0);
+    }
+
+    [Fact]
     public void E820_map_for_small_guest()
     {
         var map = E820Map.Build(_memory);
