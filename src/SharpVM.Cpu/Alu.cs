@@ -21,8 +21,12 @@ public sealed unsafe partial class EmulatorVcpu
         _lazyOp = LazyNone;
     }
 
-    // Lazy flags: the operands and result of the last flag-setting ADD, SUB/CMP or logic operation.
-    private const int LazyNone = 0, LazyAdd = 1, LazySub = 2, LazyLogic = 3, LazyInc = 4, LazyDec = 5;
+    // Lazy flags: the operands and result of the last flag-setting ADD, SUB/CMP or logic operation (A, B, R), of an
+    // INC/DEC (A, the CF it keeps, R), and - set by translated code only - of a 32/64-bit shift by an immediate
+    // (A, the count, R) and of ADC/SBB (A, B, R: the carry in follows from them). Every state's R is its result
+    // masked to its size, so ZF and SF always come from R.
+    private const int LazyNone = 0, LazyAdd = 1, LazySub = 2, LazyLogic = 3, LazyInc = 4, LazyDec = 5,
+        LazyShl = 6, LazyShr = 7, LazySar = 8, LazyAdc = 9, LazySbb = 10;
 
     /// <summary>CF of the pending lazy state (or of RFLAGS) without materializing the rest.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -32,8 +36,28 @@ public sealed unsafe partial class EmulatorVcpu
         LazyAdd => _lazyR < _lazyA ? 1UL : 0,
         LazySub => _lazyA < _lazyB ? 1UL : 0,
         LazyLogic => 0,
-        _ => _lazyB,
+        LazyInc or LazyDec => _lazyB,
+        _ => LazyCarryOfRareState(),
     };
+
+    /// <summary>CF of the shift and ADC/SBB states (out of line: the interpreter itself never sets them).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong LazyCarryOfRareState()
+    {
+        ulong a = _lazyA, b = _lazyB, r = _lazyR;
+        int bits = _lazySz * 8;
+        return _lazyOp switch
+        {
+            LazyShl => (a >> (bits - (int)b)) & 1,
+            LazyShr => (a >> ((int)b - 1)) & 1,
+            LazySar => (ulong)(Bits.SignExtend(a, _lazySz) >> ((int)b - 1)) & 1,
+            // ADC: r = a + b + c; r == a only when b + c wrapped to 0, which carries exactly when b != 0.
+            LazyAdc => r < a || (r == a && b != 0) ? 1UL : 0,
+            // SBB: r = a - b - c; a == b borrows exactly when c was 1, i.e. when r != 0.
+            LazySbb => a < b || (a == b && r != 0) ? 1UL : 0,
+            _ => throw new InvalidOperationException($"lazy flag state {_lazyOp}"),
+        };
+    }
     private int _lazyOp;
     private int _lazySz;
     private ulong _lazyA, _lazyB, _lazyR;
@@ -68,6 +92,29 @@ public sealed unsafe partial class EmulatorVcpu
                 f |= b; // saved CF
                 if (_lazyOp == LazyInc ? r == sb : a == sb) f |= Flags.OF;
                 f |= (a ^ r ^ 1) & Flags.AF;
+                break;
+            // Shifts as Shift sets them (AF cleared): SHL's OF is the result's sign XOR CF, SHR's the operand's sign
+            // for a count of 1, SAR's 0.
+            case LazyShl:
+                f |= LazyCarryOfRareState();
+                if (((r & sb) != 0) ^ (f != 0)) f |= Flags.OF;
+                break;
+            case LazyShr:
+                f |= LazyCarryOfRareState();
+                if (b == 1 && (a & sb) != 0) f |= Flags.OF;
+                break;
+            case LazySar:
+                f |= LazyCarryOfRareState();
+                break;
+            case LazyAdc:
+                f |= LazyCarryOfRareState();
+                if (((a ^ r) & (b ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
+                break;
+            case LazySbb:
+                f |= LazyCarryOfRareState();
+                if (((a ^ b) & (a ^ r) & sb) != 0) f |= Flags.OF;
+                f |= (a ^ b ^ r) & Flags.AF;
                 break;
         }
         if (r == 0) f |= Flags.ZF;

@@ -808,14 +808,15 @@ internal static class BlockTranslator
             (_knownFlagsAt, _knownAlu, _knownSize) = (_entry, alu, size);
         }
 
-        /// <summary>The ALU operations that add or subtract the carry flag: their flags are computed at once (SetSzp), as Alu does.</summary>
+        /// <summary>The ALU operations that add or subtract the carry flag (their flags: a lazy ADC/SBB state).</summary>
         private static bool IsCarryAlu(int alu) => alu is EmulatorVcpu.OpAdc or EmulatorVcpu.OpSbb;
 
         /// <summary>
         /// ADC or SBB of <paramref name="size"/> bytes on the operands <paramref name="first"/> and <paramref name="second"/>
-        /// push, as <see cref="EmulatorVcpu.Alu"/> computes it: the result and, unless <paramref name="flagsDead"/>, every
-        /// arithmetic flag (CF also kept for a carry chain, see <see cref="RememberCarry"/>); <paramref name="store"/> then
-        /// writes the result. Multi-precision arithmetic runs on these: inline, they cost no call and no switch.
+        /// push, as <see cref="EmulatorVcpu.Alu"/> computes it: the result and, unless <paramref name="flagsDead"/>, the
+        /// flags as a lazy ADC/SBB state (CF also kept for a carry chain, see <see cref="RememberCarry"/>);
+        /// <paramref name="store"/> then writes the result. Multi-precision arithmetic runs on these: inline, they cost no
+        /// call and no switch.
         /// </summary>
         private void AluWithCarry(int alu, int size, Action first, Action second, Action<Action> store, bool flagsDead)
         {
@@ -829,21 +830,18 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Stloc, FlagR);
             if (!flagsDead)
             {
-                int bits = size * 8;
-                // CF: ADC, r < a, or r == a with a carry in; SBB, a < b, or a == b with a borrow in.
+                // CF: ADC, r < a, or r == a with a carry in; SBB, a < b, or a == b with a borrow in. Kept for a carry
+                // chain (the JIT drops it when nothing reads it); the flags themselves are a lazy state.
                 if (adc) { il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Ldloc, FlagA); }
                 else { il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Clt_Un); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); }
                 il.Emit(OpCodes.Ceq); il.Emit(OpCodes.Ldloc, carryIn); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.And); il.Emit(OpCodes.Or);
                 il.Emit(OpCodes.Conv_U8);
                 RememberCarry();
-                // OF: ADC, a and b of one sign and r of the other; SBB, a and b of different signs and r's differs from a's.
-                il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, adc ? FlagR : FlagB); il.Emit(OpCodes.Xor);
-                il.Emit(OpCodes.Ldloc, adc ? FlagB : FlagA); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Xor);
-                il.Emit(OpCodes.And); I4(bits - 1); il.Emit(OpCodes.Shr_Un); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
-                // AF: the carry into bit 4.
-                il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Xor); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Xor);
-                I8(Flags.AF); il.Emit(OpCodes.And); il.Emit(OpCodes.Or);
-                SetSzp(size, FlagR);
+                il.Emit(OpCodes.Pop);
+                LazyState(adc ? Fields.LazyAdcState : Fields.LazySbbState, size);
+                Cpu(); il.Emit(OpCodes.Ldloc, FlagA); il.Emit(OpCodes.Stfld, Fields.LazyA);
+                Cpu(); il.Emit(OpCodes.Ldloc, FlagB); il.Emit(OpCodes.Stfld, Fields.LazyB);
+                Cpu(); il.Emit(OpCodes.Ldloc, FlagR); il.Emit(OpCodes.Stfld, Fields.LazyR);
             }
             store(() => il.Emit(OpCodes.Ldloc, FlagR));
             _knownFlagsAt = -1;
@@ -1008,9 +1006,12 @@ internal static class BlockTranslator
             var add = il.DefineLabel();
             var sub = il.DefineLabel();
             var logic = il.DefineLabel();
+            var incDec = il.DefineLabel();
             var done = il.DefineLabel();
             Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp);
-            il.Emit(OpCodes.Switch, [none, add, sub, logic]); // LazyNone, LazyAdd, LazySub, LazyLogic
+            il.Emit(OpCodes.Switch, [none, add, sub, logic, incDec, incDec]); // LazyNone, LazyAdd, LazySub, LazyLogic, LazyInc, LazyDec
+            Cpu(); Call(nameof(Ops.CarryFlagOf)); il.Emit(OpCodes.Br, done); // the shift and ADC/SBB states
+            il.MarkLabel(incDec);
             Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyB); il.Emit(OpCodes.Br, done); // LazyInc/LazyDec keep the CF of before in B
             il.MarkLabel(none);
             Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(Flags.CF); il.Emit(OpCodes.And); il.Emit(OpCodes.Br, done);
@@ -1025,7 +1026,7 @@ internal static class BlockTranslator
 
         /// <summary>
         /// SHL (kind 0), SHR (1) or SAR (2) of a 4- or 8-byte register by a count of 1 to bits-1, as ShiftRegister64 and
-        /// ShiftRI32 compute it; with <paramref name="flags"/>, CF and OF from the bits shifted out and the rest as SetSzp sets them.
+        /// ShiftRI32 compute it; with <paramref name="flags"/>, the flags as a lazy shift state (operand, count, result).
         /// </summary>
         private void ShiftImmediate(int kind, int dst, int count, int size, bool flags)
         {
@@ -1038,21 +1039,16 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Stloc, Temp(2));
             if (flags)
             {
-                // CF: the last bit shifted out (SAR: bit count-1 of the operand, below any sign extension).
+                // The flags as a lazy state (operand, count, result): four stores instead of computing every flag. CF
+                // (the last bit shifted out; SAR: bit count-1 of the operand, below any sign extension) is also kept
+                // for an INC/DEC or ADC after it; the JIT drops it when nothing reads it.
                 il.Emit(OpCodes.Ldloc, Temp(0)); I4(kind == 0 ? bits - count : count - 1); il.Emit(OpCodes.Shr_Un); I8(1); il.Emit(OpCodes.And);
                 RememberCarry();
-                if (kind == 0)
-                {
-                    // OF = the result's sign XOR CF.
-                    il.Emit(OpCodes.Dup); il.Emit(OpCodes.Ldloc, Temp(2)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Xor);
-                    I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
-                }
-                else if (kind == 1 && count == 1)
-                {
-                    // OF = the operand's sign.
-                    il.Emit(OpCodes.Ldloc, Temp(0)); I4(bits - 1); il.Emit(OpCodes.Shr_Un); I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
-                }
-                SetSzp(size);
+                il.Emit(OpCodes.Pop);
+                LazyState(kind == 0 ? Fields.LazyShlState : kind == 1 ? Fields.LazyShrState : Fields.LazySarState, size);
+                Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stfld, Fields.LazyA);
+                Cpu(); I8((ulong)count); il.Emit(OpCodes.Stfld, Fields.LazyB);
+                Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
             }
             RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
             _knownFlagsAt = -1;

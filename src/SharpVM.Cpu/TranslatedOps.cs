@@ -105,7 +105,8 @@ public sealed partial class EmulatorVcpu
 
         /// <summary>The lazy-flag states (see SetLazy) that translated code records.</summary>
         public const int LazyNoneState = LazyNone, LazyAddState = LazyAdd, LazySubState = LazySub, LazyLogicState = LazyLogic,
-            LazyIncState = LazyInc, LazyDecState = LazyDec;
+            LazyIncState = LazyInc, LazyDecState = LazyDec, LazyShlState = LazyShl, LazyShrState = LazyShr, LazySarState = LazySar,
+            LazyAdcState = LazyAdc, LazySbbState = LazySbb;
 
         private static System.Reflection.FieldInfo Field(string name) => typeof(EmulatorVcpu).GetField(name,
             System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)!;

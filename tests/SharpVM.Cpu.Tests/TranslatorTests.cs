@@ -122,12 +122,12 @@ public sealed class TranslatorTests
     }
 
     /// <summary>
-    /// Shifts by CL (every count from 130 down, so masked counts 0 and 1 too), NEG/NOT of registers and memory, INC/DEC of
-    /// memory and BSWAP, translated to their own IL: each result and the RFLAGS it leaves (read with PUSHFQ) match the
-    /// interpreter's.
+    /// Shifts by CL (every count from 130 down, so masked counts 0 and 1 too) and by immediates, ADC/SBB, NEG/NOT of
+    /// registers and memory, INC/DEC of memory and BSWAP, translated to their own IL (shifts by an immediate and ADC/SBB
+    /// leave lazy flag states): each result and the RFLAGS it leaves (read with PUSHFQ) match the interpreter's.
     /// </summary>
     [Fact]
-    public void ShiftsByClUnaryOperationsAndByteSwapsGiveTheInterpretersFlags()
+    public void ShiftsCarryArithmeticUnaryOperationsAndByteSwapsGiveTheInterpretersFlags()
     {
         (Registers, long, ulong) Run(bool translated)
         {
@@ -145,6 +145,17 @@ public sealed class TranslatorTests
                 a.mov(rax, r8); a.shl(rax, cl); Fold(r10);
                 a.mov(rax, r8); a.sar(rax, cl); Fold(r11);
                 a.mov(eax, r8d); a.sar(eax, cl); Fold(r11);
+                a.mov(rax, r8); a.shr(rax, 1); Fold(r9);   // by an immediate: the flags as a lazy shift state
+                a.mov(eax, r8d); a.shr(eax, 13); Fold(r9);
+                a.mov(eax, r8d); a.shl(eax, 1); Fold(r10);
+                a.mov(rax, r8); a.shl(rax, 63); Fold(r10);
+                a.mov(rax, r8); a.sar(rax, 1); Fold(r11);
+                a.mov(eax, r8d); a.sar(eax, 31); Fold(r11);
+                a.mov(rax, r8); a.add(rax, rcx); a.adc(rax, r8); Fold(r15); // ADC/SBB: a lazy state too
+                a.mov(eax, r8d); a.sub(eax, ecx); a.sbb(eax, r8d); Fold(r15);
+                a.stc(); a.mov(eax, r8d); a.sbb(eax, r8d); Fold(r15); // equal operands: the borrow in decides CF
+                a.clc(); a.mov(rax, r8); a.sbb(rax, r8); Fold(r15);
+                a.stc(); a.mov(rax, r8); a.mov(rdx, -1); a.adc(rax, rdx); Fold(r15); // b + carry wraps to 0: CF set
                 a.mov(rax, r8); a.neg(rax); Fold(r12);
                 a.mov(eax, r8d); a.neg(eax); Fold(r12);
                 a.mov(rax, r8); a.not(eax); a.bswap(rax); Fold(r13);
