@@ -236,12 +236,21 @@ internal static class BlockTranslator
             var body = il.DefineLabel();
             Cpu();
             il.Emit(OpCodes.Brtrue, body);
-            il.Emit(OpCodes.Ret);
+            il.Emit(OpCodes.Ret); // the JIT warm-up call
             il.MarkLabel(body);
             while (_templatedPrefix < _n && IsTemplated(in b.D[_templatedPrefix])) _templatedPrefix++;
             bool loops = false;
             for (int k = 0; k < _templatedPrefix; k++) loops |= BranchTarget(in b.D[k]) == b.Rip;
-            if (loops && b.Len2 == 0)
+            loops &= b.Len2 == 0;
+            _registersInLocals = loops;
+            if (_registersInLocals)
+            {
+                _loadRegisters = il.DefineLabel();
+                _afterLoad = il.DefineLabel();
+                il.Emit(OpCodes.Br, _loadRegisters);
+                il.MarkLabel(_afterLoad);
+            }
+            if (loops)
             {
                 _budget = il.DeclareLocal(typeof(int));
                 I4(SelfLoopBudget);
@@ -261,9 +270,10 @@ internal static class BlockTranslator
             {
                 if (_entryLabels.TryGetValue(b.D[k].Ip, out var target) && target.Index == k)
                 {
-                    // Paths with other flags meet here.
+                    // Paths with other flags, and other registers changed, meet here.
                     il.MarkLabel(target.Label);
                     ForgetKnownFlags();
+                    _dirty |= _dirtyAtLabel.GetValueOrDefault(k);
                 }
                 _entry = k;
                 returned = EmitEntry(k);
@@ -278,8 +288,9 @@ internal static class BlockTranslator
             {
                 // The block ended without a branch (page end, size limit): go on after its last instruction.
                 SetRip(b.D[_n - 1].NextIp);
-                il.Emit(OpCodes.Ret);
+                Leave();
             }
+            if (_registersInLocals) EmitRegisterLoads();
         }
 
         private static bool IsTemplated(in DInsn d) => d.Op switch
@@ -307,29 +318,29 @@ internal static class BlockTranslator
             switch (d.Op)
             {
                 case FastOp.Nop: return false;
-                case FastOp.MovRR64: RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Stind_I8); return false;
-                case FastOp.MovRI64: RegAddress(d.Dst); I8(d.Imm); il.Emit(OpCodes.Stind_I8); return false;
-                case FastOp.MovRM64: Faults(ref d); RegAddress(d.Dst); Load(ref d, 8); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRR64: BeginSetReg(d.Dst); LoadReg(d.Src); EndSetReg(); return false;
+                case FastOp.MovRI64: BeginSetReg(d.Dst); I8(d.Imm); EndSetReg(); return false;
+                case FastOp.MovRM64: Faults(ref d); BeginSetReg(d.Dst); Load(ref d, 8); EndSetReg(); return false;
                 case FastOp.MovMR64: { Faults(ref d); int src = d.Src; Store(ref d, 8, () => LoadReg(src)); } AfterStore(k); return false;
-                case FastOp.MovRR32: RegAddress(d.Dst); LoadReg(d.Src); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); return false;
-                case FastOp.MovRI32: RegAddress(d.Dst); I8((uint)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRR32: BeginSetReg(d.Dst); LoadReg(d.Src); ZeroExtend(4); EndSetReg(); return false;
+                case FastOp.MovRI32: BeginSetReg(d.Dst); I8((uint)d.Imm); EndSetReg(); return false;
                 // A 4-byte load is already zero-extended.
-                case FastOp.MovRM32: Faults(ref d); RegAddress(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovRM32: Faults(ref d); BeginSetReg(d.Dst); Load(ref d, 4); EndSetReg(); return false;
                 case FastOp.MovMR32: { Faults(ref d); int src = d.Src; Store(ref d, 4, () => { LoadReg(src); ZeroExtend(4); }); } AfterStore(k); return false;
-                case FastOp.Lea64: RegAddress(d.Dst); EffectiveAddress(ref d); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.Lea64: BeginSetReg(d.Dst); EffectiveAddress(ref d); EndSetReg(); return false;
                 // A flag-setting ALU operation whose flags nothing can see (FlagsLiveness) computes only its result;
                 // CMP and TEST then do nothing at all.
                 case FastOp.AluRR64 or FastOp.AluRI64 or FastOp.AluRR32 or FastOp.AluRI32 when _flagsDead[k] && !IsCarryAlu(d.Alu):
                     if (d.Alu >= EmulatorVcpu.OpCmp) return false;
                 {
                     int size = d.Op is FastOp.AluRR64 or FastOp.AluRI64 ? 8 : 4;
-                    RegAddress(d.Dst);
+                    BeginSetReg(d.Dst);
                     LoadReg(d.Dst);
                     if (d.Op is FastOp.AluRR64 or FastOp.AluRR32) LoadReg(d.Src);
                     else I8(size == 8 ? d.Imm : (uint)d.Imm);
                     il.Emit(AluOpCode(d.Alu));
                     ZeroExtend(size);
-                    il.Emit(OpCodes.Stind_I8);
+                    EndSetReg();
                     return false;
                 }
                 case FastOp.AluRR64: AluRR(ref d, nameof(Ops.AluRR64)); return false;
@@ -345,9 +356,9 @@ internal static class BlockTranslator
                     if ((d.Imm & 63) == 0) return false;
                     ShiftImmediate(d.Alu, d.Dst, (int)(d.Imm & 63), 8, !_flagsDead[k]);
                     return false;
-                case FastOp.MovzxRRWide: RegAddress(d.Dst); LoadReg(d.Src, d.SrcHigh, (int)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovzxRRWide: BeginSetReg(d.Dst); LoadReg(d.Src, d.SrcHigh, (int)d.Imm); EndSetReg(); return false;
                 // Loads of 1 and 2 bytes are zero-extended.
-                case FastOp.MovzxRMWide: Faults(ref d); RegAddress(d.Dst); Load(ref d, (int)d.Imm); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovzxRMWide: Faults(ref d); BeginSetReg(d.Dst); Load(ref d, (int)d.Imm); EndSetReg(); return false;
                 case FastOp.SetccR:
                     Condition(d.Alu); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Stloc, Temp(0));
                     StoreReg(d.Dst, d.DstHigh, 1, () => il.Emit(OpCodes.Ldloc, Temp(0)));
@@ -363,14 +374,14 @@ internal static class BlockTranslator
                     Faults(ref d); Load(ref d, 8); il.Emit(OpCodes.Stloc, Temp(3));
                     Select(d.Alu, d.Dst, () => il.Emit(OpCodes.Ldloc, Temp(3)));
                     return false;
-                case FastOp.MovsxdRR: RegAddress(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
-                case FastOp.MovsxdRM: Faults(ref d); RegAddress(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); il.Emit(OpCodes.Stind_I8); return false;
+                case FastOp.MovsxdRR: BeginSetReg(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); EndSetReg(); return false;
+                case FastOp.MovsxdRM: Faults(ref d); BeginSetReg(d.Dst); Load(ref d, 4); il.Emit(OpCodes.Conv_I4); il.Emit(OpCodes.Conv_I8); EndSetReg(); return false;
                 case FastOp.Push:
                     // The value is read before RSP changes (PUSH RSP stores the old RSP); RSP changes once the store succeeded.
                     Faults(ref d);
                     LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
                     Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); LoadReg(d.Dst); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
-                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+                    BeginSetReg(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); EndSetReg();
                     AfterStore(k);
                     return false;
                 case FastOp.Pop:
@@ -378,8 +389,8 @@ internal static class BlockTranslator
                     Faults(ref d);
                     LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
                     Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8); il.Emit(OpCodes.Stloc, Temp(1));
-                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
-                    RegAddress(d.Dst); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stind_I8);
+                    BeginSetReg(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); EndSetReg();
+                    BeginSetReg(d.Dst); il.Emit(OpCodes.Ldloc, Temp(1)); EndSetReg();
                     return false;
                 case FastOp.Jcc when k < _n - 1:
                 {
@@ -393,6 +404,7 @@ internal static class BlockTranslator
                         // A forward branch to an instruction of this block (an if that skips a few): jump there; the
                         // instructions skipped did not retire.
                         if (inBlock.Index > k + 1) { Unretire(inBlock.Index - k - 1); }
+                        _dirtyAtLabel[inBlock.Index] = _dirtyAtLabel.GetValueOrDefault(inBlock.Index) | _dirty;
                         il.Emit(OpCodes.Br, inBlock.Label);
                         il.MarkLabel(notTaken);
                         return false;
@@ -400,7 +412,7 @@ internal static class BlockTranslator
                     Unretire(b.Count - k - 1);
                     if (d.Imm == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
                     SetRip(d.Imm);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     il.MarkLabel(notTaken);
                     return false;
                 }
@@ -411,21 +423,21 @@ internal static class BlockTranslator
                 case FastOp.Jmp:
                     if (d.Imm == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
                     SetRip(d.Imm);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     return true;
                 case FastOp.Call:
                     Faults(ref d);
                     PushReturnAddress(d.NextIp);
                     SetRip(d.Imm);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     return true;
                 case FastOp.Ret:
                     Faults(ref d);
                     LoadReg(Rsp); il.Emit(OpCodes.Stloc, Temp(0));
                     Cpu(); Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); CallMemory(nameof(EmulatorVcpu.CalledMemory.Load), 8);
                     il.Emit(OpCodes.Stfld, Fields.Rip);
-                    RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); il.Emit(OpCodes.Stind_I8);
-                    il.Emit(OpCodes.Ret);
+                    BeginSetReg(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); I8(8); il.Emit(OpCodes.Add); EndSetReg();
+                    Leave();
                     return true;
                 case FastOp.AluJccRR64: case FastOp.AluJccRR32:
                     AluRR(ref d, d.Op == FastOp.AluJccRR64 ? nameof(Ops.AluRR64) : nameof(Ops.AluRR32));
@@ -437,12 +449,12 @@ internal static class BlockTranslator
                     return true;
                 case FastOpExtra.JmpR:
                     Cpu(); LoadReg(d.Dst); il.Emit(OpCodes.Stfld, Fields.Rip);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     return true;
                 case FastOpExtra.JmpM:
                     Faults(ref d);
                     Cpu(); Load(ref d, 8); il.Emit(OpCodes.Stfld, Fields.Rip);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     return true;
                 case FastOpExtra.CallR: case FastOpExtra.CallM:
                     // The target is read before RSP changes; RSP changes once the return address is stored.
@@ -451,7 +463,7 @@ internal static class BlockTranslator
                     il.Emit(OpCodes.Stloc, Temp(1));
                     PushReturnAddress(d.NextIp);
                     Cpu(); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Stfld, Fields.Rip);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     return true;
                 case FastOp.AluJccRM64:
                     AluRM64(ref d);
@@ -473,7 +485,7 @@ internal static class BlockTranslator
                         v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
                     return false;
                 }
-                case FastOp.AluRM: Faults(ref d); Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluRM)); return false;
+                case FastOp.AluRM: Faults(ref d); Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); Linear(ref d); I4(d.Size); Call(nameof(Ops.AluRM), d.Dst); return false;
                 case FastOp.AluMR or FastOp.AluMI when IsLazyAlu(d.Alu):
                 {
                     // The read asks for write access when the result is stored (see ReadForWrite); the address is computed once.
@@ -508,7 +520,7 @@ internal static class BlockTranslator
                 case FastOp.ShiftRI when d.Size == 4 && !d.DstHigh:
                 {
                     int count = (int)(d.Imm & 31);
-                    if (count == 0) { RegAddress(d.Dst); LoadReg(d.Dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
+                    if (count == 0) { BeginSetReg(d.Dst); LoadReg(d.Dst); ZeroExtend(4); EndSetReg(); }
                     else ShiftImmediate(d.Alu, d.Dst, count, 4, !_flagsDead[k]);
                     return false;
                 }
@@ -517,7 +529,7 @@ internal static class BlockTranslator
                     int count = (int)(d.Imm & (d.Size == 8 ? 63u : 31u));
                     if (count == 0)
                     {
-                        if (d.Size == 4) { RegAddress(d.Dst); LoadReg(d.Dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
+                        if (d.Size == 4) { BeginSetReg(d.Dst); LoadReg(d.Dst); ZeroExtend(4); EndSetReg(); }
                         return false;
                     }
                     RotateImmediate(d.Alu == 0, d.Dst, count, d.Size);
@@ -527,7 +539,7 @@ internal static class BlockTranslator
                 {
                     var mn = d.Op == FastOpExtra.RotRI ? (d.Alu == 0 ? Iced.Intel.Mnemonic.Rol : Iced.Intel.Mnemonic.Ror)
                         : d.Alu == 0 ? Iced.Intel.Mnemonic.Shl : d.Alu == 1 ? Iced.Intel.Mnemonic.Shr : Iced.Intel.Mnemonic.Sar;
-                    Cpu(); I4((int)mn); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.ShiftRI));
+                    Cpu(); I4((int)mn); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.ShiftRI), d.Dst);
                     return false;
                 }
                 // MOVZX/MOVSX: the source's size is in Imm.
@@ -536,7 +548,7 @@ internal static class BlockTranslator
                 case FastOp.MovsxRR: { var s = d; StoreReg(d.Dst, false, d.Size, () => { LoadReg(s.Src, s.SrcHigh, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
                 case FastOp.MovsxRM: { Faults(ref d); var s = d; StoreReg(d.Dst, false, d.Size, () => { Load(ref s, (int)s.Imm); SignExtend((int)s.Imm); }); return false; }
                 case FastOp.ImulRR64 when _flagsDead[k]:
-                    RegAddress(d.Dst); LoadReg(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Mul); il.Emit(OpCodes.Stind_I8);
+                    BeginSetReg(d.Dst); LoadReg(d.Dst); LoadReg(d.Src); il.Emit(OpCodes.Mul); EndSetReg();
                     return false;
                 case FastOp.ImulRR64:
                     LoadReg(d.Src); il.Emit(OpCodes.Stloc, Temp(1));
@@ -557,7 +569,7 @@ internal static class BlockTranslator
                     if (memory) { Cpu(); Linear(ref d); I4(d.Size); Call(nameof(Ops.LoadSized)); }
                     if (d.Op == FastOpExtra.ImulRR) { Cpu(); I4(d.Src); I4(d.Size); Call(nameof(Ops.RegisterSized)); }
                     if (d.Op is FastOpExtra.ImulRRI or FastOpExtra.ImulRMI) I8(d.Imm);
-                    I4(d.Size); Call(nameof(Ops.Imul));
+                    I4(d.Size); Call(nameof(Ops.Imul), d.Dst);
                     return false;
                 }
                 case FastOpExtra.UnaryR:
@@ -586,19 +598,19 @@ internal static class BlockTranslator
                     ShiftByCl(d.Alu, d.Dst, d.Size);
                     return false;
                 case FastOpExtra.BswapR:
-                    RegAddress(d.Dst); LoadReg(d.Dst);
+                    BeginSetReg(d.Dst); LoadReg(d.Dst);
                     if (d.Size == 8) il.Emit(OpCodes.Call, s_byteSwap64);
                     else { il.Emit(OpCodes.Conv_U4); il.Emit(OpCodes.Call, s_byteSwap32); il.Emit(OpCodes.Conv_U8); }
-                    il.Emit(OpCodes.Stind_I8);
+                    EndSetReg();
                     return false;
                 case FastOp.AluJccRR: AluRRSized(ref d); FusedBranch(ref d, k); return true;
                 case FastOp.AluJccRI: AluRISized(ref d); FusedBranch(ref d, k); return true;
                 default:
                     Faults(ref d);
-                    Cpu(); il.Emit(OpCodes.Ldarg_0); I4(k); Call(nameof(Ops.Interpret));
+                    Cpu(); il.Emit(OpCodes.Ldarg_0); I4(k); Call(nameof(Ops.Interpret), AllRegisters);
                     if (k == _n - 1)
                     {
-                        il.Emit(OpCodes.Ret); // it set RIP (the next instruction or a branch target)
+                        Leave(); // it set RIP (the next instruction or a branch target)
                         return true;
                     }
                     // It may have branched, changed the mode or stored into this block's page: then stop here.
@@ -606,7 +618,7 @@ internal static class BlockTranslator
                     Cpu(); il.Emit(OpCodes.Ldfld, Fields.EndBlock);
                     il.Emit(OpCodes.Brfalse, goOn);
                     Unretire(b.Count - k - 1);
-                    il.Emit(OpCodes.Ret);
+                    Leave();
                     il.MarkLabel(goOn);
                     return false;
             }
@@ -620,11 +632,11 @@ internal static class BlockTranslator
         private void Select(int cc, int dst, Action value)
         {
             Condition(cc); il.Emit(OpCodes.Conv_U8); il.Emit(OpCodes.Neg); il.Emit(OpCodes.Stloc, Temp(0)); // all ones or zero
-            RegAddress(dst);
+            BeginSetReg(dst);
             value(); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.And);
             LoadReg(dst); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Not); il.Emit(OpCodes.And);
             il.Emit(OpCodes.Or);
-            il.Emit(OpCodes.Stind_I8);
+            EndSetReg();
         }
 
         /// <summary>
@@ -676,10 +688,10 @@ internal static class BlockTranslator
                 I4(11); il.Emit(OpCodes.Shl); il.Emit(OpCodes.Or);
             }
             SetSzp(size);
-            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            BeginSetReg(dst); il.Emit(OpCodes.Ldloc, Temp(2)); EndSetReg();
             il.Emit(OpCodes.Br, done);
             il.MarkLabel(none);
-            if (size == 4) { RegAddress(dst); LoadReg(dst); ZeroExtend(4); il.Emit(OpCodes.Stind_I8); }
+            if (size == 4) { BeginSetReg(dst); LoadReg(dst); ZeroExtend(4); EndSetReg(); }
             il.MarkLabel(done);
         }
 
@@ -694,7 +706,7 @@ internal static class BlockTranslator
             else if (IsCarryAlu(d.Alu))
                 AluWithCarry(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => LoadReg(s.Src, s.SrcHigh, s.Size),
                     v => StoreReg(s.Dst, s.DstHigh, s.Size, v), false);
-            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR)); }
+            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I4(d.Src); Bool(d.SrcHigh); I4(d.Size); Call(nameof(Ops.AluRR), d.Dst); }
         }
 
         private void AluRISized(ref DInsn d)
@@ -704,13 +716,13 @@ internal static class BlockTranslator
                 AluWithLazyFlags(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => I8(s.Imm), v => StoreReg(s.Dst, s.DstHigh, s.Size, v));
             else if (IsCarryAlu(d.Alu))
                 AluWithCarry(d.Alu, d.Size, () => LoadReg(s.Dst, s.DstHigh, s.Size), () => I8(s.Imm), v => StoreReg(s.Dst, s.DstHigh, s.Size, v), false);
-            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI)); }
+            else { Cpu(); I4(d.Alu); I4(d.Dst); Bool(d.DstHigh); I8(d.Imm); I4(d.Size); Call(nameof(Ops.AluRI), d.Dst); }
         }
 
         /// <summary>Register <paramref name="dst"/> of <paramref name="size"/> bytes (AH-BH with <paramref name="high"/>) = the value <paramref name="value"/> pushes, as SetR writes it: 4 bytes zero-extend, 2 and 1 keep the rest.</summary>
         private void StoreReg(int dst, bool high, int size, Action value)
         {
-            RegAddress(dst);
+            BeginSetReg(dst);
             switch (size)
             {
                 case 8: value(); break;
@@ -723,7 +735,7 @@ internal static class BlockTranslator
                     il.Emit(OpCodes.Or);
                     break;
             }
-            il.Emit(OpCodes.Stind_I8);
+            EndSetReg();
         }
 
         private void AluRR(ref DInsn d, string op)
@@ -731,8 +743,8 @@ internal static class BlockTranslator
             int src = d.Src, dst = d.Dst, size = op == nameof(Ops.AluRR64) ? 8 : 4;
             if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, size, () => LoadReg(src));
             else if (IsCarryAlu(d.Alu))
-                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => LoadReg(src), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, _flagsDead[_entry]);
-            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op); }
+                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => LoadReg(src), v => { BeginSetReg(dst); v(); EndSetReg(); }, _flagsDead[_entry]);
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I4(d.Src); Call(op, d.Dst); }
         }
 
         private void AluRI(ref DInsn d, string op)
@@ -741,8 +753,8 @@ internal static class BlockTranslator
             int dst = d.Dst, size = op == nameof(Ops.AluRI64) ? 8 : 4;
             if (IsLazyAlu(d.Alu)) AluWithLazyFlags(d.Alu, d.Dst, size, () => I8(imm));
             else if (IsCarryAlu(d.Alu))
-                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => I8(imm), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, _flagsDead[_entry]);
-            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I8(d.Imm); Call(op); }
+                AluWithCarry(d.Alu, size, () => LoadReg(dst), () => I8(imm), v => { BeginSetReg(dst); v(); EndSetReg(); }, _flagsDead[_entry]);
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); I8(d.Imm); Call(op, d.Dst); }
         }
 
         private void AluRM64(ref DInsn d)
@@ -755,10 +767,10 @@ internal static class BlockTranslator
                 else
                 {
                     int dst = d.Dst;
-                    AluWithCarry(d.Alu, 8, () => LoadReg(dst), () => il.Emit(OpCodes.Ldloc, Temp(1)), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); }, false);
+                    AluWithCarry(d.Alu, 8, () => LoadReg(dst), () => il.Emit(OpCodes.Ldloc, Temp(1)), v => { BeginSetReg(dst); v(); EndSetReg(); }, false);
                 }
             }
-            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64)); }
+            else { Cpu(); Regs(); I4(d.Alu); I4(d.Dst); Linear(ref d); Call(nameof(Ops.AluRM64), d.Dst); }
         }
 
         /// <summary>The ALU operations whose flags are a lazy state (Alu64/Alu32): ADD, SUB/CMP, AND/TEST, OR, XOR.</summary>
@@ -780,7 +792,7 @@ internal static class BlockTranslator
         /// 4-byte ones zero-extended); CMP and TEST keep dst. <paramref name="source"/> pushes the second operand.
         /// </summary>
         private void AluWithLazyFlags(int alu, int dst, int size, Action source) =>
-            AluWithLazyFlags(alu, size, () => LoadReg(dst), source, v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
+            AluWithLazyFlags(alu, size, () => LoadReg(dst), source, v => { BeginSetReg(dst); v(); EndSetReg(); });
 
         /// <summary>
         /// The ALU operation on operands <paramref name="first"/> and <paramref name="second"/> push, of any size, masked and
@@ -926,7 +938,7 @@ internal static class BlockTranslator
         private void IncDec(ref DInsn d, int size, bool dec)
         {
             int dst = d.Dst;
-            IncDecWithLazyFlags(dec, size, () => LoadReg(dst), v => { RegAddress(dst); v(); il.Emit(OpCodes.Stind_I8); });
+            IncDecWithLazyFlags(dec, size, () => LoadReg(dst), v => { BeginSetReg(dst); v(); EndSetReg(); });
         }
 
         /// <summary>
@@ -1050,7 +1062,7 @@ internal static class BlockTranslator
                 Cpu(); I8((ulong)count); il.Emit(OpCodes.Stfld, Fields.LazyB);
                 Cpu(); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stfld, Fields.LazyR);
             }
-            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            BeginSetReg(dst); il.Emit(OpCodes.Ldloc, Temp(2)); EndSetReg();
             _knownFlagsAt = -1;
         }
 
@@ -1071,7 +1083,7 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Ldloc, _bigMulLow); il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, Temp(2)); I4(63); il.Emit(OpCodes.Shr);
             il.Emit(OpCodes.Ceq); Not(); il.Emit(OpCodes.Conv_U8); RememberCarry(); I8(Flags.CF | Flags.OF); il.Emit(OpCodes.Mul);
             SetSzp(8);
-            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            BeginSetReg(dst); il.Emit(OpCodes.Ldloc, Temp(2)); EndSetReg();
             _knownFlagsAt = -1;
         }
 
@@ -1120,7 +1132,7 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Stloc, Temp(1));
             Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.RflagsBits); I8(~(Flags.CF | Flags.OF)); il.Emit(OpCodes.And); il.Emit(OpCodes.Ldloc, Temp(1)); il.Emit(OpCodes.Or);
             il.Emit(OpCodes.Stfld, Fields.RflagsBits);
-            RegAddress(dst); il.Emit(OpCodes.Ldloc, Temp(2)); il.Emit(OpCodes.Stind_I8);
+            BeginSetReg(dst); il.Emit(OpCodes.Ldloc, Temp(2)); EndSetReg();
             _knownFlagsAt = -1;
         }
 
@@ -1137,10 +1149,10 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Brfalse, notTaken);
             if (target == b.Rip && CanLoopAt(k)) { LoopBackOrLeave(); }
             SetRip(target);
-            il.Emit(OpCodes.Ret);
+            Leave();
             il.MarkLabel(notTaken);
             SetRip(next);
-            il.Emit(OpCodes.Ret);
+            Leave();
         }
 
         /// <summary>
@@ -1156,6 +1168,7 @@ internal static class BlockTranslator
             Cpu(); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, Fields.ExitRequested); il.Emit(OpCodes.Brtrue, leave);
             Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.InstructionsRetired); I8Signed(b.Count); il.Emit(OpCodes.Add);
             il.Emit(OpCodes.Stfld, Fields.InstructionsRetired);
+            WriteBack(clean: false); // the top of the block expects the register file current (the entry's state)
             il.Emit(OpCodes.Br, _top);
             il.MarkLabel(leave);
         }
@@ -1165,7 +1178,7 @@ internal static class BlockTranslator
         {
             LoadReg(Rsp); I8(8); il.Emit(OpCodes.Sub); il.Emit(OpCodes.Stloc, Temp(0));
             Cpu(); il.Emit(OpCodes.Ldloc, Temp(0)); I8(returnAddress); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), 8);
-            RegAddress(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); il.Emit(OpCodes.Stind_I8);
+            BeginSetReg(Rsp); il.Emit(OpCodes.Ldloc, Temp(0)); EndSetReg();
         }
 
         /// <summary>After an instruction that stores: if it wrote into the running code's page, end the block after it.</summary>
@@ -1176,12 +1189,16 @@ internal static class BlockTranslator
             il.Emit(OpCodes.Brfalse, goOn);
             SetRip(b.D[k].NextIp);
             if (k != _n - 1) { Unretire(b.Count - k - 1); }
-            il.Emit(OpCodes.Ret);
+            Leave();
             il.MarkLabel(goOn);
         }
 
         /// <summary>Before an instruction that can fault: a fault is then delivered at it, and it and the rest of the block un-counted.</summary>
-        private void Faults(ref DInsn d) { Cpu(); I8(d.Ip); il.Emit(OpCodes.Stfld, Fields.FaultRip); }
+        private void Faults(ref DInsn d)
+        {
+            WriteBack(clean: true);
+            Cpu(); I8(d.Ip); il.Emit(OpCodes.Stfld, Fields.FaultRip);
+        }
 
         /// <summary>Pushes whether condition code <paramref name="cc"/> holds.</summary>
         private void Condition(int cc)
@@ -1241,14 +1258,106 @@ internal static class BlockTranslator
 
         private void SetRip(ulong rip) { Cpu(); I8(rip); il.Emit(OpCodes.Stfld, Fields.Rip); }
 
+        /// <summary>
+        /// In blocks that loop on themselves, guest registers live in IL locals while the block runs (the JIT keeps them
+        /// in host registers where it can; it cannot forward values through the register file, a byref it must assume
+        /// aliased). The block loads those it uses on entry and writes back those it changed (<see cref="_dirty"/>)
+        /// wherever the register file must be current: before an instruction that can fault (the exception handler and
+        /// the interpreter's retry read it), before calls into the interpreter or templates that use it (reloading what
+        /// they may change), before going round the loop and on every way out. Other blocks read and write the register
+        /// file directly: measured on a boot, locals gave them nothing (bench/cpu/README.md) and cost JIT time.
+        /// </summary>
+        private bool _registersInLocals;
+        private readonly LocalBuilder?[] _regLocals = new LocalBuilder?[16];
+        private int _used, _dirty;
+        private readonly Stack<int> _storeTargets = new();
+        private readonly Dictionary<int, int> _dirtyAtLabel = [];
+        private readonly List<(Label Go, Label Back)> _reloadSites = [];
+        private Label _loadRegisters, _afterLoad;
+
+        private LocalBuilder RegLocal(int r) => _regLocals[r] ??= il.DeclareLocal(typeof(ulong));
+
+        /// <summary>Starts writing guest register <paramref name="r"/>: the value pushed next is stored by <see cref="EndSetReg"/>.</summary>
+        private void BeginSetReg(int r)
+        {
+            if (!_registersInLocals) { RegisterFileAddress(r); return; }
+            _used |= 1 << r;
+            _storeTargets.Push(r);
+        }
+
+        /// <summary>Stores the value on the stack into the register named by the matching <see cref="BeginSetReg"/>.</summary>
+        private void EndSetReg()
+        {
+            if (!_registersInLocals) { il.Emit(OpCodes.Stind_I8); return; }
+            int r = _storeTargets.Pop();
+            il.Emit(OpCodes.Stloc, RegLocal(r));
+            _dirty |= 1 << r;
+        }
+
+        private void LoadReg(int r)
+        {
+            if (!_registersInLocals) { RegisterFileAddress(r); il.Emit(OpCodes.Ldind_I8); return; }
+            _used |= 1 << r;
+            il.Emit(OpCodes.Ldloc, RegLocal(r));
+        }
+
         /// <summary>Pushes the address of guest register <paramref name="r"/> in the register file.</summary>
-        private void RegAddress(int r)
+        private void RegisterFileAddress(int r)
         {
             Regs();
             if (r != 0) { I4(r * sizeof(ulong)); il.Emit(OpCodes.Add); }
         }
 
-        private void LoadReg(int r) { RegAddress(r); il.Emit(OpCodes.Ldind_I8); }
+        /// <summary>Writes the changed registers back to the register file; they stay changed for the code after this point unless <paramref name="clean"/>.</summary>
+        private void WriteBack(bool clean)
+        {
+            if (!_registersInLocals) return;
+            for (int r = 0; r < 16; r++)
+            {
+                if ((_dirty & (1 << r)) == 0) continue;
+                RegisterFileAddress(r); il.Emit(OpCodes.Ldloc, RegLocal(r)); il.Emit(OpCodes.Stind_I8);
+            }
+            if (clean) _dirty = 0;
+        }
+
+        /// <summary>Loads register <paramref name="r"/> from the register file into its local.</summary>
+        private void Reload(int r)
+        {
+            if (!_registersInLocals) return;
+            RegisterFileAddress(r); il.Emit(OpCodes.Ldind_I8); il.Emit(OpCodes.Stloc, RegLocal(r));
+        }
+
+        /// <summary>Reloads every register the block uses (known only at its end: the loads are emitted there, see <see cref="EmitRegisterLoads"/>).</summary>
+        private void ReloadAll()
+        {
+            if (!_registersInLocals) return;
+            var go = il.DefineLabel();
+            var back = il.DefineLabel();
+            il.Emit(OpCodes.Br, go);
+            il.MarkLabel(back);
+            _reloadSites.Add((go, back));
+        }
+
+        /// <summary>After the block's code: the loads on entry and after each interpreter call, of the registers it turned out to use.</summary>
+        private void EmitRegisterLoads()
+        {
+            il.MarkLabel(_loadRegisters);
+            for (int r = 0; r < 16; r++) if ((_used & (1 << r)) != 0) Reload(r);
+            il.Emit(OpCodes.Br, _afterLoad);
+            foreach (var (go, back) in _reloadSites)
+            {
+                il.MarkLabel(go);
+                for (int r = 0; r < 16; r++) if ((_used & (1 << r)) != 0) Reload(r);
+                il.Emit(OpCodes.Br, back);
+            }
+        }
+
+        /// <summary>Leaves the translation (RIP already set): the register file gets the changed registers first.</summary>
+        private void Leave()
+        {
+            WriteBack(clean: false); // only this way out: the code after it goes on with the same registers changed
+            il.Emit(OpCodes.Ret);
+        }
 
         /// <summary>Pushes a register operand of <paramref name="size"/> bytes (or AH-BH with <paramref name="high"/>), zero-extended, as GetR reads it.</summary>
         private void LoadReg(int r, bool high, int size)
@@ -1327,7 +1436,27 @@ internal static class BlockTranslator
         private void Bool(bool v) => il.Emit(v ? OpCodes.Ldc_I4_1 : OpCodes.Ldc_I4_0);
         private void I8(ulong v) => il.Emit(OpCodes.Ldc_I8, (long)v);
         private void I8Signed(long v) => il.Emit(OpCodes.Ldc_I8, v);
-        private void Call(string op)
+        /// <summary>Templates that read only flags and vCPU fields, never the register file: no write-back around them.</summary>
+        private static bool LeavesRegistersAlone(string op) => op is nameof(Ops.Condition) or nameof(Ops.ConditionOutOfLine)
+            or nameof(Ops.CarryFlagOf) or nameof(Ops.IsLess) or nameof(Ops.IsGreaterOrEqual) or nameof(Ops.IsLessOrEqual) or nameof(Ops.IsGreater);
+
+        private const int NoRegister = -1, AllRegisters = -2;
+
+        /// <summary>
+        /// Calls template <paramref name="op"/>. Unless it leaves registers alone, the register file is brought up to date
+        /// first and, after it, the register it <paramref name="writes"/> (or all, for the interpreter) reloaded.
+        /// </summary>
+        private void Call(string op, int writes = NoRegister)
+        {
+            bool touchesRegisters = !LeavesRegistersAlone(op);
+            if (touchesRegisters) WriteBack(clean: true);
+            EmitCall(op);
+            if (!touchesRegisters) return;
+            if (writes == AllRegisters) ReloadAll();
+            else if (writes >= 0) { _used |= 1 << writes; Reload(writes); }
+        }
+
+        private void EmitCall(string op)
         {
             var m = Op(op);
             // Memory templates are generic over how they reach guest memory (see EmulatorVcpu.IGuestMemoryAccess).
