@@ -1477,10 +1477,11 @@ public readonly record struct EmulatorTranslation(int Threshold, bool Background
     public static EmulatorTranslation Off => new(0, true);
 
     /// <summary>
-    /// Translate blocks that have run 1000 times, in the background. Translating costs ~0.05-0.15 ms + ~0.01-0.03 ms
-    /// per instruction of JIT time (more in self-looping blocks), so only hot code repays it (see bench/cpu/README.md).
+    /// Translate blocks that have run 400 times, in the background. Translating costs ~0.05-0.15 ms + ~0.01-0.03 ms
+    /// per instruction of JIT time (more in self-looping blocks), so only warm code repays it: against 1000 runs a boot
+    /// took ~6% less vCPU time (10 alternated pairs); 100 saturated the translator's core (bench/boot/README.md).
     /// </summary>
-    public static EmulatorTranslation Default => new(1000, true);
+    public static EmulatorTranslation Default => new(400, true);
 
     /// <summary>Translate every block on its first run, on the vCPU thread (tests: every instruction runs translated).</summary>
     public static EmulatorTranslation Eager => new(1, false);
