@@ -532,7 +532,7 @@ internal static class BlockTranslator
                         if (d.Size == 4) { BeginSetReg(d.Dst); LoadReg(d.Dst); ZeroExtend(4); EndSetReg(); }
                         return false;
                     }
-                    RotateImmediate(d.Alu == 0, d.Dst, count, d.Size);
+                    RotateImmediate(d.Alu == 0, d.Dst, count, d.Size, flags: !_flagsDead[k]);
                     return false;
                 }
                 case FastOp.ShiftRI: case FastOpExtra.RotRI:
@@ -1110,19 +1110,30 @@ internal static class BlockTranslator
 
         /// <summary>
         /// ROL/ROR of a 4- or 8-byte register by a count of 1 to bits-1, as RotateRI computes it: only CF and OF change, so
-        /// a pending lazy state is materialized first.
+        /// a pending lazy state is materialized first, unless nothing can see the flags it leaves (<paramref name="flags"/>
+        /// false, FlagsLiveness): hash functions rotate after nearly every ADD or XOR, and materializing for each was
+        /// ~12 M calls per boot.
         /// </summary>
-        private void RotateImmediate(bool left, int dst, int count, int size)
+        private void RotateImmediate(bool left, int dst, int count, int size, bool flags)
         {
             int bits = size * 8;
-            var materialized = il.DefineLabel();
-            Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); il.Emit(OpCodes.Brfalse, materialized);
-            Cpu(); il.Emit(OpCodes.Call, Fields.MaterializeFlags);
-            il.MarkLabel(materialized);
+            if (flags)
+            {
+                var materialized = il.DefineLabel();
+                Cpu(); il.Emit(OpCodes.Ldfld, Fields.LazyOp); il.Emit(OpCodes.Brfalse, materialized);
+                Cpu(); il.Emit(OpCodes.Call, Fields.MaterializeFlags);
+                il.MarkLabel(materialized);
+            }
             LoadReg(dst); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(0));
             il.Emit(OpCodes.Ldloc, Temp(0)); I4(left ? count : bits - count); il.Emit(OpCodes.Shl);
             il.Emit(OpCodes.Ldloc, Temp(0)); I4(left ? bits - count : count); il.Emit(OpCodes.Shr_Un);
             il.Emit(OpCodes.Or); ZeroExtend(size); il.Emit(OpCodes.Stloc, Temp(2));
+            if (!flags)
+            {
+                BeginSetReg(dst); il.Emit(OpCodes.Ldloc, Temp(2)); EndSetReg();
+                _knownFlagsAt = -1;
+                return;
+            }
             // CF: the bit rotated into the low (ROL) or high (ROR) end. OF: ROL, the result's sign XOR CF; ROR, its top two bits differ.
             il.Emit(OpCodes.Ldloc, Temp(2)); if (!left) { I4(bits - 1); il.Emit(OpCodes.Shr_Un); } I8(1); il.Emit(OpCodes.And);
             RememberCarry();

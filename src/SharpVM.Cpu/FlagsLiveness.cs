@@ -8,8 +8,9 @@ namespace SharpVM.Cpu;
 /// A producer's flags are dead when, scanning forward in the block, another instruction replaces all arithmetic flags
 /// before anything reads them <b>and before anything can fault</b>: a fault delivers RFLAGS to the guest's handler, which
 /// must see them as the interpreter would. Reaching the block's end keeps them live (the next block may read them),
-/// as does any instruction this analysis does not know: the interpreter, INC/DEC (they keep CF), rotates, shifts other
-/// than 32/64-bit ones by an immediate, conditions, and ADC/SBB (they read CF; only their own outputs may be dead).
+/// as does any instruction this analysis does not know: the interpreter, INC/DEC (they keep CF), shifts other than
+/// 32/64-bit ones by an immediate, conditions; ADC/SBB and 32/64-bit rotates by an immediate read the flags, so only
+/// their own outputs may be dead (a rotate with dead outputs is then transparent to what comes before it).
 /// </summary>
 internal static class FlagsLiveness
 {
@@ -17,16 +18,30 @@ internal static class FlagsLiveness
     {
         var dead = new bool[n];
         for (int k = 0; k < n; k++)
-        {
-            if (!ProducesAllFlags(in d[k]) && !IsCarryArithmetic(in d[k])) continue;
-            for (int j = k + 1; j < n; j++)
-            {
-                if (CanFault(in d[j]) || !IsTransparent(in d[j]) && !ProducesAllFlags(in d[j])) break;
-                if (ProducesAllFlags(in d[j])) { dead[k] = true; break; }
-            }
-        }
+            if (ProducesAllFlags(in d[k]) || IsCarryArithmetic(in d[k]) || IsRotate(in d[k])) dead[k] = ReplacedBeforeSeen(d, n, k);
         return dead;
     }
+
+    /// <summary>Whether, after entry k, a producer replaces every arithmetic flag before anything reads them or can fault.</summary>
+    private static bool ReplacedBeforeSeen(DInsn[] d, int n, int k)
+    {
+        for (int j = k + 1; j < n; j++)
+        {
+            // A rotate reads the flags (it keeps all but CF and OF), but only for its own outputs: when those are seen,
+            // the same scan finds what sees them; when they are dead, so is what it read.
+            if (IsRotate(in d[j])) continue;
+            if (CanFault(in d[j]) || !IsTransparent(in d[j]) && !ProducesAllFlags(in d[j])) return false;
+            if (ProducesAllFlags(in d[j])) return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// ROL/ROR of a 32/64-bit register by a non-zero immediate (the translator's RotateImmediate): it changes CF and OF
+    /// and keeps the rest, so it reads the flags before it; with its own outputs dead it needs none of them.
+    /// </summary>
+    private static bool IsRotate(in DInsn d) =>
+        d.Op == FastOpExtra.RotRI && d.Size is 4 or 8 && !d.DstHigh && (d.Imm & (d.Size == 8 ? 63u : 31u)) != 0;
 
     /// <summary>Register-only forms that replace every arithmetic flag without reading any (and whose templates have a result-only variant, or write nothing else).</summary>
     private static bool ProducesAllFlags(in DInsn d) => d.Op switch

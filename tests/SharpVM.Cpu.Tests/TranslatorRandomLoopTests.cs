@@ -36,7 +36,7 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
             var mem32 = rnd.Next(20) == 0 ? __dword_ptr[y + disp] : __dword_ptr[rbx + disp];
             int imm = rnd.Next(4) == 0 ? rnd.Next() : rnd.Next(-100, 100);
             var z = R64[rnd.Next(R64.Length)]; var w = R64[rnd.Next(R64.Length)];
-            switch (rnd.Next(43))
+            switch (rnd.Next(44))
             {
                 case 0: a.mov(x, y); break;
                 case 1: a.mov(x, rnd.NextInt64()); break;
@@ -107,6 +107,12 @@ public sealed class TranslatorRandomLoopTests(Xunit.Abstractions.ITestOutputHelp
                     }
                     break;
                 case 42: if (rnd.Next(2) == 0) a.bswap(x); else a.bswap(x32); break;
+                case 43:
+                    // Rotates after an ADD: their flags dead when an XOR follows, else live (kept SF/ZF, new CF/OF).
+                    a.add(x, y);
+                    if (rnd.Next(2) == 0) a.rol(z, (byte)rnd.Next(1, 64)); else a.ror(R32[rnd.Next(R32.Length)], (byte)rnd.Next(1, 32));
+                    if (rnd.Next(2) == 0) a.xor(w, x);
+                    break;
             }
         }
         while (pushes-- > 0) a.pop(R64[rnd.Next(R64.Length)]);

@@ -286,15 +286,17 @@ public sealed class TranslatorTests
         a.shl(rsi, 3);               // 2 dead (CMP replaces)
         a.cmp(rax, rcx);             // 3 live (CMOVB reads)
         a.cmovb(rdi, rdx);           // 4
-        a.sub(rdx, rbx);             // 5 dead (XOR replaces, past a MOV)
-        a.mov(r8, r9);               // 6
-        a.xor(r9, rax);              // 7 live (the load after it may fault)
-        a.mov(r10, __qword_ptr[rbx]); // 8
-        a.add(r10, rcx);             // 9 live (ADC reads CF)
-        a.adc(r11, rbx);             // 10 dead (ADD replaces)
-        a.add(r13, rdx);             // 11 live (DEC keeps CF)
-        a.dec(r8);                   // 12
-        a.jnz(top);                  // 13
+        a.sub(rdx, rbx);             // 5 dead (XOR replaces, past a dead ROL and a MOV)
+        a.rol(r14, 3);               // 6 dead (XOR replaces)
+        a.mov(r8, r9);               // 7
+        a.xor(r9, rax);              // 8 live (the load after it may fault)
+        a.mov(r10, __qword_ptr[rbx]); // 9
+        a.add(r10, rcx);             // 10 live (ROR keeps all but CF and OF, and its own flags are live)
+        a.ror(r12, 5);               // 11 live (ADC reads CF)
+        a.adc(r11, rbx);             // 12 dead (ADD replaces)
+        a.add(r13, rdx);             // 13 live (DEC keeps CF)
+        a.dec(r8);                   // 14
+        a.jnz(top);                  // 15
         var w = new MemoryCodeWriter();
         a.Assemble(w, 0x1000);
         var bytes = w.Bytes.ToArray();
@@ -306,7 +308,7 @@ public sealed class TranslatorTests
             d.Add(EmulatorVcpu.Predecode(i, Decoding.OperandSize(i), Decoding.AddressSize(i, 64), 64));
         }
         bool[] dead = FlagsLiveness.DeadFlagOutputs([.. d], d.Count);
-        int[] expectedDead = [0, 1, 2, 5, 10];
+        int[] expectedDead = [0, 1, 2, 5, 6, 12];
         Assert.Equal(expectedDead, Enumerable.Range(0, d.Count).Where(k => dead[k]).ToArray());
     }
 }
