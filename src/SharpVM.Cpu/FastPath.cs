@@ -28,6 +28,11 @@ internal struct DInsn
     public byte Seg;
     /// <summary>Fused compare-and-branch only (see <see cref="FastOp.AluJccRR64"/>): the Jcc's condition (its target and fall-through are <see cref="Target"/> and <see cref="JccNext"/>).</summary>
     public byte Cc;
+    /// <summary>
+    /// Set at decode on a 32/64-bit rotate by an immediate whose flags nothing in the block sees (FlagsLiveness): the
+    /// interpreter then rotates without materializing the lazy flags first (it sits in what was padding).
+    /// </summary>
+    public bool FlagsDead;
     public ulong Disp;
     public ulong Imm;
     public ulong Ip, NextIp;

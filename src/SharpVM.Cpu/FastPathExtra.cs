@@ -137,6 +137,14 @@ public sealed partial class EmulatorVcpu
             case FastOpExtra.RotRI:
             {
                 ulong count = d.Imm & (sz == 8 ? 63u : 31u);
+                if (d.FlagsDead)
+                {
+                    // Set only on 32/64-bit rotates by a non-zero count: the rotation alone, flags untouched.
+                    ulong v = GetR(d.Dst, false, sz);
+                    int c = (int)count, bits = sz * 8;
+                    SetR(d.Dst, false, sz, ((v << (d.Alu == 0 ? c : bits - c)) | (v >> (d.Alu == 0 ? bits - c : c))) & Bits.Mask(sz));
+                    return true;
+                }
                 ulong res = Shift(d.Alu == 0 ? Mnemonic.Rol : Mnemonic.Ror, GetR(d.Dst, d.DstHigh, sz), d.Imm, sz);
                 if (count != 0 || sz == 4) SetR(d.Dst, d.DstHigh, sz, res);
                 return true;

@@ -562,7 +562,21 @@ public sealed unsafe partial class EmulatorVcpu
             if ((followedJumps & (1UL << k)) != 0) { b.D[k].Op = FastOp.Nop; b.D[k].NextIp = b.Insns[k].NearBranchTarget; }
         }
         b.RunCount = FuseCompareAndBranch(b.D, count);
+        MarkDeadRotates(b.D, b.RunCount);
         return b;
+    }
+
+    /// <summary>
+    /// Marks the block's rotates whose flags nothing sees (<see cref="DInsn.FlagsDead"/>): hash functions rotate after
+    /// nearly every ADD or XOR, and each rotate that keeps flags materializes the lazy state first.
+    /// </summary>
+    private static void MarkDeadRotates(DInsn[] d, int n)
+    {
+        bool any = false;
+        for (int k = 0; k < n && !any; k++) any = d[k].Op == FastOpExtra.RotRI;
+        if (!any) return;
+        var dead = FlagsLiveness.DeadFlagOutputs(d, n);
+        for (int k = 0; k < n; k++) if (d[k].Op == FastOpExtra.RotRI) d[k].FlagsDead = dead[k];
     }
 
     /// <summary>Instructions after which the mode or interrupt state may have changed: end the block there.</summary>
