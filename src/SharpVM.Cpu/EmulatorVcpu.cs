@@ -39,6 +39,13 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
     }
 
     private ulong _flags = 2;
+
+    /// <summary>
+    /// RFLAGS for its system and control bits (IF, DF, TF, IOPL, NT, VM, AC...), without materializing a pending lazy
+    /// state: those bits are never lazy, only the arithmetic ones may be stale here. The interrupt check and string
+    /// instructions read them constantly.
+    /// </summary>
+    internal ulong SystemFlags => _flags;
     internal readonly Seg[] Sregs = new Seg[6];
     internal Seg Ldtr, Tr;
     internal ulong GdtBase, IdtBase;
@@ -288,8 +295,8 @@ public sealed unsafe partial class EmulatorVcpu : IVcpu
         ref var cs = ref Sregs[CS];
         if (LongMode && cs.Long) Bitness = 64;
         else Bitness = Protected && cs.Big ? 32 : 16;
-        if ((Rflags & Flags.VM) != 0) Bitness = 16;
-        Cpl = !Protected ? 0 : (Rflags & Flags.VM) != 0 ? 3 : cs.Sel & 3;
+        if ((SystemFlags & Flags.VM) != 0) Bitness = 16;
+        Cpl = !Protected ? 0 : (SystemFlags & Flags.VM) != 0 ? 3 : cs.Sel & 3;
         StackSize = Bitness == 64 ? 8 : Sregs[SS].Big ? 4 : 2;
         UpdateTlbPermissions();
     }

@@ -200,7 +200,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Pop: ExecPop(ref i, sz); break;
             case Mnemonic.Pushf: case Mnemonic.Pushfd: case Mnemonic.Pushfq:
             {
-                if ((Rflags & Flags.VM) != 0 && ((Rflags >> 12) & 3) < 3) throw GP();
+                if ((SystemFlags & Flags.VM) != 0 && ((SystemFlags >> 12) & 3) < 3) throw GP();
                 int psz = -i.StackPointerIncrement;
                 Push(Rflags & ~(Flags.RF | Flags.VM), psz);
                 break;
@@ -208,7 +208,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Popf: case Mnemonic.Popfd: case Mnemonic.Popfq:
             {
                 int psz = i.StackPointerIncrement;
-                if ((Rflags & Flags.VM) != 0 && ((Rflags >> 12) & 3) < 3) throw GP();
+                if ((SystemFlags & Flags.VM) != 0 && ((SystemFlags >> 12) & 3) < 3) throw GP();
                 ulong v = Pop(psz);
                 LoadFlags(v, psz);
                 _endBlock = true;
@@ -348,16 +348,16 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Clc: Rflags &= ~Flags.CF; break;
             case Mnemonic.Stc: Rflags |= Flags.CF; break;
             case Mnemonic.Cmc: Rflags ^= Flags.CF; break;
-            case Mnemonic.Cld: Rflags &= ~Flags.DF; break;
-            case Mnemonic.Std: Rflags |= Flags.DF; break;
+            case Mnemonic.Cld: _flags &= ~Flags.DF; break; // DF is never part of a lazy state
+            case Mnemonic.Std: _flags |= Flags.DF; break;
             case Mnemonic.Cli:
-                if (Protected && Cpl > (int)((Rflags >> 12) & 3)) throw GP();
-                Rflags &= ~Flags.IF;
+                if (Protected && Cpl > (int)((SystemFlags >> 12) & 3)) throw GP();
+                _flags &= ~Flags.IF;
                 break;
             case Mnemonic.Sti:
-                if (Protected && Cpl > (int)((Rflags >> 12) & 3)) throw GP();
-                if ((Rflags & Flags.IF) == 0) { _interruptShadow = true; _irqHint = true; }
-                Rflags |= Flags.IF;
+                if (Protected && Cpl > (int)((SystemFlags >> 12) & 3)) throw GP();
+                if ((SystemFlags & Flags.IF) == 0) { _interruptShadow = true; _irqHint = true; }
+                _flags |= Flags.IF;
                 _endBlock = true;
                 break;
             case Mnemonic.Xlatb:
@@ -399,7 +399,7 @@ public sealed unsafe partial class EmulatorVcpu
                 break;
             case Mnemonic.Arpl:
             {
-                if (!Protected || (Rflags & Flags.VM) != 0) throw UD();
+                if (!Protected || (SystemFlags & Flags.VM) != 0) throw UD();
                 ulong dst = ReadOp(ref i, 0, 2), src = GetReg(i.Op1Register);
                 if ((dst & 3) < (src & 3))
                 {
@@ -994,13 +994,13 @@ public sealed unsafe partial class EmulatorVcpu
     private void LoadFlags(ulong v, int size)
     {
         ulong mask = Flags.Arith | Flags.TF | Flags.DF | Flags.NT | Flags.AC | Flags.ID;
-        int iopl = (int)((Rflags >> 12) & 3);
+        int iopl = (int)((SystemFlags >> 12) & 3);
         if (!Protected || Cpl == 0) mask |= Flags.IOPL | Flags.IF;
         else if (Cpl <= iopl) mask |= Flags.IF;
         if (size == 2) mask &= 0xFFFF;
         ulong old = Rflags;
         Rflags = (Rflags & ~mask) | (v & mask) | 2;
-        if ((Rflags & Flags.IF) != 0 && (old & Flags.IF) == 0) _irqHint = true;
+        if ((SystemFlags & Flags.IF) != 0 && (old & Flags.IF) == 0) _irqHint = true;
     }
 
     // ---------- strings ----------
@@ -1018,7 +1018,7 @@ public sealed unsafe partial class EmulatorVcpu
         ulong am = Bits.Mask(asz);
         bool rep = i.HasRepPrefix || i.HasRepnePrefix;
         int srcSeg = i.SegmentPrefix == Register.None ? DS : (int)(i.SegmentPrefix - Register.ES);
-        ulong delta = (Rflags & Flags.DF) != 0 ? (ulong)(-sz) : (ulong)sz;
+        ulong delta = (SystemFlags & Flags.DF) != 0 ? (ulong)(-sz) : (ulong)sz;
         int iter = 0;
         if (mn is Mnemonic.Insb or Mnemonic.Insw or Mnemonic.Insd or Mnemonic.Outsb or Mnemonic.Outsw or Mnemonic.Outsd)
             CheckIo();
@@ -1148,7 +1148,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     private void CheckIo()
     {
-        if (Protected && (Cpl > (int)((Rflags >> 12) & 3) || (Rflags & Flags.VM) != 0)) throw GP();
+        if (Protected && (Cpl > (int)((SystemFlags >> 12) & 3) || (SystemFlags & Flags.VM) != 0)) throw GP();
     }
 
     private void ExecIn(ref Instruction i)

@@ -165,7 +165,7 @@ public sealed unsafe partial class EmulatorVcpu
                 _nmiBlocked = true;
                 return true;
             }
-            if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
+            if ((SystemFlags & Flags.IF) != 0 && src.HasPendingInterrupt)
             {
                 _halted = false;
                 _irqHint = true;
@@ -192,7 +192,7 @@ public sealed unsafe partial class EmulatorVcpu
             _nmiBlocked = true;
             return;
         }
-        if ((Rflags & Flags.IF) != 0 && src.HasPendingInterrupt)
+        if ((SystemFlags & Flags.IF) != 0 && src.HasPendingInterrupt)
         {
             int vector = src.AcknowledgeInterrupt();
             if (vector >= 0 && vector < 256)

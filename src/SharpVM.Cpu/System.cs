@@ -18,7 +18,7 @@ public sealed unsafe partial class EmulatorVcpu
                 _endBlock = true;
                 return;
             case Mnemonic.Int:
-                if ((Rflags & Flags.VM) != 0 && ((Rflags >> 12) & 3) < 3) throw GP();
+                if ((SystemFlags & Flags.VM) != 0 && ((SystemFlags >> 12) & 3) < 3) throw GP();
                 DeliverInterrupt(i.Immediate8, false, 0, InterruptKind.Software);
                 return;
             case Mnemonic.Int3:
@@ -103,7 +103,7 @@ public sealed unsafe partial class EmulatorVcpu
             case Mnemonic.Lldt:
             case Mnemonic.Ltr:
             {
-                if (!Protected || (Rflags & Flags.VM) != 0) throw UD();
+                if (!Protected || (SystemFlags & Flags.VM) != 0) throw UD();
                 if (Cpl != 0) throw GP();
                 ushort sel = (ushort)ReadOp(ref i, 0, 2);
                 LoadSystemSegment(i.Mnemonic == Mnemonic.Ltr, sel);
@@ -319,11 +319,11 @@ public sealed unsafe partial class EmulatorVcpu
 
     internal void LoadSegment(int seg, ushort sel)
     {
-        if (!Protected || (Rflags & Flags.VM) != 0)
+        if (!Protected || (SystemFlags & Flags.VM) != 0)
         {
             Sregs[seg].Sel = sel;
             Sregs[seg].Base = (ulong)sel << 4;
-            if ((Rflags & Flags.VM) != 0) { Sregs[seg].Limit = 0xFFFF; Sregs[seg].Attr = 0xF3; }
+            if ((SystemFlags & Flags.VM) != 0) { Sregs[seg].Limit = 0xFFFF; Sregs[seg].Attr = 0xF3; }
             if (seg == SS || seg == CS) UpdateMode();
             return;
         }
@@ -394,7 +394,7 @@ public sealed unsafe partial class EmulatorVcpu
 
     private void FarJump(ushort sel, ulong off, bool call, int osz)
     {
-        if (!Protected || (Rflags & Flags.VM) != 0)
+        if (!Protected || (SystemFlags & Flags.VM) != 0)
         {
             if (call)
             {
@@ -432,7 +432,7 @@ public sealed unsafe partial class EmulatorVcpu
         ulong sp = Gpr[4] & StackMask();
         ulong off = Read(Linear(SS, sp), osz);
         ushort sel = (ushort)Read(Linear(SS, sp + (ulong)osz), osz == 8 ? 8 : osz);
-        if (!Protected || (Rflags & Flags.VM) != 0)
+        if (!Protected || (SystemFlags & Flags.VM) != 0)
         {
             SetSp(sp + (ulong)(2 * osz + imm));
             Sregs[CS].Sel = sel;
@@ -489,9 +489,9 @@ public sealed unsafe partial class EmulatorVcpu
     {
         _endBlock = true;
         _irqHint = true;
-        if (!Protected || (Rflags & Flags.VM) != 0)
+        if (!Protected || (SystemFlags & Flags.VM) != 0)
         {
-            if ((Rflags & Flags.VM) != 0 && ((Rflags >> 12) & 3) < 3) throw GP();
+            if ((SystemFlags & Flags.VM) != 0 && ((SystemFlags >> 12) & 3) < 3) throw GP();
             ulong sp0 = Gpr[4] & StackMask();
             ulong ip = Read(Linear(SS, sp0), osz);
             ushort rcs = (ushort)Read(Linear(SS, sp0 + (ulong)osz), 2);
@@ -500,7 +500,7 @@ public sealed unsafe partial class EmulatorVcpu
             Sregs[CS].Sel = rcs;
             Sregs[CS].Base = (ulong)rcs << 4;
             Rip = osz == 4 ? (uint)ip : (ushort)ip;
-            if ((Rflags & Flags.VM) != 0)
+            if ((SystemFlags & Flags.VM) != 0)
             {
                 ulong m = Flags.Arith | Flags.TF | Flags.IF | Flags.DF | Flags.NT | (osz == 4 ? Flags.AC | Flags.ID : 0);
                 if (osz == 2) m &= 0xFFFF;
@@ -511,7 +511,7 @@ public sealed unsafe partial class EmulatorVcpu
             UpdateMode();
             return;
         }
-        if ((Rflags & Flags.NT) != 0 && !LongMode) throw new CpuUnimplemented("IRET with NT set (task return)");
+        if ((SystemFlags & Flags.NT) != 0 && !LongMode) throw new CpuUnimplemented("IRET with NT set (task return)");
         ulong sp = Gpr[4] & StackMask();
         ulong nrip = Read(Linear(SS, sp), osz);
         ushort nsel = (ushort)Read(Linear(SS, sp + (ulong)osz), 2);
@@ -532,7 +532,7 @@ public sealed unsafe partial class EmulatorVcpu
         int oldCpl = Cpl;
         // Flags first (privilege checks use the old CPL).
         ulong mask = Flags.Arith | Flags.TF | Flags.DF | Flags.NT | Flags.AC | Flags.ID | Flags.RF;
-        int iopl = (int)((Rflags >> 12) & 3);
+        int iopl = (int)((SystemFlags >> 12) & 3);
         if (oldCpl == 0) mask |= Flags.IOPL | Flags.IF | Flags.VIF | Flags.VIP;
         else if (oldCpl <= iopl) mask |= Flags.IF;
         if (osz == 2) mask &= 0xFFFF;
@@ -715,7 +715,7 @@ public sealed unsafe partial class EmulatorVcpu
         var gcs = LoadCodeDescriptor(gsel, out _);
         int ncpl = (gcs.Attr & 4) != 0 ? Cpl : gcs.Dpl;
         if (ncpl > Cpl) throw GP((uint)(gsel & 0xFFFC) | ext);
-        if ((Rflags & Flags.VM) != 0) throw new CpuUnimplemented("interrupt from virtual-8086 mode");
+        if ((SystemFlags & Flags.VM) != 0) throw new CpuUnimplemented("interrupt from virtual-8086 mode");
         ulong flagsToPush = Rflags & ~Flags.RF;
         ushort ocs = Sregs[CS].Sel;
         if (ncpl < Cpl)
