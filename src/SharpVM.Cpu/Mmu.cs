@@ -30,6 +30,15 @@ public sealed unsafe partial class EmulatorVcpu
     private bool _endBlock;
     private ulong _blockPpn = ulong.MaxValue, _blockPpn2 = ulong.MaxValue;
 
+    /// <summary>
+    /// The TLB entry for virtual page <paramref name="vpn"/>'s slot, without a bounds check: every guest memory access
+    /// and block entry goes through here. SAFETY: the index is masked to TlbSize, the length of _tlb (InitTlb is its
+    /// only assignment).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ref TlbEntry TlbSlot(ulong vpn) =>
+        ref Unsafe.Add(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_tlb), (int)vpn & TlbMask);
+
     private void InitTlb()
     {
         _tlb = new TlbEntry[TlbSize];
@@ -239,7 +248,7 @@ public sealed unsafe partial class EmulatorVcpu
     {
         if (LongMode && (ulong)(((long)la << 16) >> 16) != la) throw GP();
         if (!LongMode) la &= 0xFFFFFFFF;
-        ref var e = ref _tlb[(int)(la >> 12) & TlbMask];
+        ref var e = ref TlbSlot(la >> 12);
         if (e.Vpn == la >> 12 && (e.Perm & need) != 0) return ref e;
         bool write = (need & (PermSW | PermUW)) != 0;
         bool user = (need & (PermUR | PermUW | PermUX)) != 0;
@@ -267,7 +276,7 @@ public sealed unsafe partial class EmulatorVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong Read(ulong la, int size, int need)
     {
-        ref var e = ref _tlb[(int)(la >> 12) & TlbMask];
+        ref var e = ref TlbSlot(la >> 12);
         uint off = (uint)la & 0xFFF;
         if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
         {
@@ -313,7 +322,7 @@ public sealed unsafe partial class EmulatorVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Write(ulong la, int size, ulong v, int need)
     {
-        ref var e = ref _tlb[(int)(la >> 12) & TlbMask];
+        ref var e = ref TlbSlot(la >> 12);
         uint off = (uint)la & 0xFFF;
         if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
         {
@@ -396,8 +405,7 @@ public sealed unsafe partial class EmulatorVcpu
     /// <summary>Translates an instruction fetch; returns the physical address (host page via <paramref name="host"/>).</summary>
     internal ulong TranslateFetch(ulong la, out byte* host)
     {
-        // SAFETY: the index is masked to TlbSize, the length of _tlb (InitTlb): no bounds check on the block dispatch path.
-        ref var e = ref Unsafe.Add(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_tlb), (int)(la >> 12) & TlbMask);
+        ref var e = ref TlbSlot(la >> 12);
         if (e.Vpn != la >> 12 || (e.Perm & NeedX) == 0) e = ref Fill(la, NeedX);
         host = e.Host;
         return (e.Ppn << 12) | ((uint)la & 0xFFF);
