@@ -79,6 +79,46 @@ public sealed class TranslatorTests
     }
 
     /// <summary>
+    /// A self-looping block keeps the guest registers in locals: a page fault in its 11th round (the pointer walks off
+    /// the identity-mapped first GiB) must see the ADD before it (written back before the load), and the handler's
+    /// change of the pointer register must be what the loop uses after IRETQ (reloaded when the block is entered again).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void APageFaultInsideASelfLoopingBlockSeesAndKeepsItsRegisters(bool translated)
+    {
+        using var g = new TestGuest(translated: translated);
+        g.Memory.Write(new SharpVM.Memory.GuestAddress(0x200000), 7UL);
+        // #PF: drop the error code, point RBX at mapped memory, retry the load.
+        g.Load(TestGuest.HandlerBase + 14 * 16, a => { a.add(rsp, 8); a.mov(ebx, 0x200000); a.iretq(); });
+        g.Load(TestGuest.CodeAddr, a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(ecx, 100); a.xor(eax, eax); a.xor(esi, esi);
+            a.mov(rbx, 0x4000_0000 - 10 * 8); // ten rounds before the end of the identity-mapped first GiB
+            a.Label(ref top);
+            a.add(rax, rcx);
+            a.mov(rdx, __qword_ptr[rbx]);
+            a.add(rsi, rdx);
+            a.lea(rdi, __qword_ptr[rax + rsi]);
+            a.add(rbx, 8);
+            a.dec(rcx);
+            a.jnz(top);
+            a.hlt();
+        });
+        Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
+        var r = g.Cpu.GetRegisters();
+        Assert.Equal(5050UL, r.Rax);
+        Assert.Equal(7UL, r.Rsi); // the first load after the fault, from 2 MiB
+        Assert.Equal(5050UL + 7, r.Rdi);
+        Assert.Equal(0x200000UL + 90 * 8, r.Rbx);
+        Assert.Equal(0UL, r.Rcx);
+        Assert.Equal(0x4000_0000UL, g.Cpu.GetSpecialRegisters().Cr2);
+        Assert.Equal(1, g.Cpu.ExceptionsDelivered);
+    }
+
+    /// <summary>
     /// Flag producers whose flags a later producer replaces are translated without their flags (FlagsLiveness); the
     /// flags that do survive (into ADC, SETcc, CMOVcc, the block's end, a #PF handler's frame) must still be exact.
     /// </summary>
