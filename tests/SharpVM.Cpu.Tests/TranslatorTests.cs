@@ -105,13 +105,16 @@ public sealed class TranslatorTests
             a.add(rbx, 8);
             a.dec(rcx);
             a.jnz(top);
+            // Still the loop's block: an interpreted XCHG, then an ADD that must read what it left (reloaded).
+            a.xchg(rax, rsi);
+            a.add(rdi, rax);
             a.hlt();
         });
         Assert.Equal(VcpuExitReason.Halt, g.Run().Reason);
         var r = g.Cpu.GetRegisters();
-        Assert.Equal(5050UL, r.Rax);
-        Assert.Equal(7UL, r.Rsi); // the first load after the fault, from 2 MiB
-        Assert.Equal(5050UL + 7, r.Rdi);
+        Assert.Equal(7UL, r.Rax); // the first load after the fault, from 2 MiB
+        Assert.Equal(5050UL, r.Rsi);
+        Assert.Equal(5050UL + 7 + 7, r.Rdi);
         Assert.Equal(0x200000UL + 90 * 8, r.Rbx);
         Assert.Equal(0UL, r.Rcx);
         Assert.Equal(0x4000_0000UL, g.Cpu.GetSpecialRegisters().Cr2);
