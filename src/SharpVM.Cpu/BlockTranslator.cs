@@ -265,6 +265,12 @@ internal static class BlockTranslator
             }
             _top = il.DefineLabel();
             il.MarkLabel(_top);
+            if (_registersInLocals)
+            {
+                // Going round does not write registers back: from here on every register counts as changed, so every
+                // way out and every miss path writes all of them back (and all are loaded on entry).
+                _used = _dirty = 0xFFFF;
+            }
             bool returned = false;
             for (int k = 0; k < _n; k++)
             {
@@ -1179,7 +1185,6 @@ internal static class BlockTranslator
             Cpu(); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, Fields.ExitRequested); il.Emit(OpCodes.Brtrue, leave);
             Cpu(); Cpu(); il.Emit(OpCodes.Ldfld, Fields.InstructionsRetired); I8Signed(b.Count); il.Emit(OpCodes.Add);
             il.Emit(OpCodes.Stfld, Fields.InstructionsRetired);
-            WriteBack(clean: false); // the top of the block expects the register file current (the entry's state)
             il.Emit(OpCodes.Br, _top);
             il.MarkLabel(leave);
         }
@@ -1207,8 +1212,17 @@ internal static class BlockTranslator
         /// <summary>Before an instruction that can fault: a fault is then delivered at it, and it and the rest of the block un-counted.</summary>
         private void Faults(ref DInsn d)
         {
-            WriteBack(clean: true);
+            // With registers in locals, what a fault needs is done where it can happen: on the TLB miss path of each
+            // access (CallMemory) and before each call that can fault (Call).
+            if (_registersInLocals) return;
             Cpu(); I8(d.Ip); il.Emit(OpCodes.Stfld, Fields.FaultRip);
+        }
+
+        /// <summary>Before something that can fault: the register file current and FaultRip naming the running instruction.</summary>
+        private void PrepareForFault(bool clean)
+        {
+            WriteBack(clean);
+            Cpu(); I8(b.D[_entry].Ip); il.Emit(OpCodes.Stfld, Fields.FaultRip);
         }
 
         /// <summary>Pushes whether condition code <paramref name="cc"/> holds.</summary>
@@ -1272,11 +1286,12 @@ internal static class BlockTranslator
         /// <summary>
         /// In blocks that loop on themselves, guest registers live in IL locals while the block runs (the JIT keeps them
         /// in host registers where it can; it cannot forward values through the register file, a byref it must assume
-        /// aliased). The block loads those it uses on entry and writes back those it changed (<see cref="_dirty"/>)
-        /// wherever the register file must be current: before an instruction that can fault (the exception handler and
-        /// the interpreter's retry read it), before calls into the interpreter or templates that use it (reloading what
-        /// they may change), before going round the loop and on every way out. Other blocks read and write the register
-        /// file directly: measured on a boot, locals gave them nothing (bench/cpu/README.md) and cost JIT time.
+        /// aliased). The block loads them on entry and writes back those it changed (<see cref="_dirty"/>; from the top of
+        /// the loop on, all) wherever the register file must be current: on the TLB-miss path of each load and store, the
+        /// only place one can fault (the exception handler and the interpreter's retry read the register file, and
+        /// FaultRip is set there too), before calls into the interpreter or templates (reloading what they may change),
+        /// and on every way out; going round costs nothing. Other blocks read and write the register file directly:
+        /// measured on a boot, locals gave them nothing (bench/cpu/README.md) and cost JIT time.
         /// </summary>
         private bool _registersInLocals;
         private readonly LocalBuilder?[] _regLocals = new LocalBuilder?[16];
@@ -1414,9 +1429,39 @@ internal static class BlockTranslator
         /// <summary>Stores the value <paramref name="value"/> pushes at d's memory operand.</summary>
         private void Store(ref DInsn d, int size, Action value) { Cpu(); Linear(ref d); value(); CallMemory(nameof(EmulatorVcpu.CalledMemory.Store), size); }
 
-        /// <summary>Calls guest-memory access <paramref name="name"/> of the block's kind (see EmulatorVcpu.IGuestMemoryAccess).</summary>
-        private void CallMemory(string name, int size) =>
-            il.Emit(OpCodes.Call, (_budget is not null ? s_inlinedMemory : s_calledMemory)[$"{name}{size}"]);
+        /// <summary>
+        /// Calls guest-memory access <paramref name="name"/> of the block's kind (see EmulatorVcpu.IGuestMemoryAccess), with
+        /// the vCPU, the address (and for a store the value) on the stack. In a block with registers in locals: the TLB
+        /// fast path inline (it cannot fault), and only on a miss the registers written back, FaultRip set and the full
+        /// access called, which may fault.
+        /// </summary>
+        private void CallMemory(string name, int size)
+        {
+            if (!_registersInLocals)
+            {
+                il.Emit(OpCodes.Call, (_budget is not null ? s_inlinedMemory : s_calledMemory)[$"{name}{size}"]);
+                return;
+            }
+            var address = _memAddress ??= il.DeclareLocal(typeof(ulong));
+            var value = _memValue ??= il.DeclareLocal(typeof(ulong));
+            var hit = il.DefineLabel();
+            bool store = name == nameof(EmulatorVcpu.CalledMemory.Store);
+            if (store) il.Emit(OpCodes.Stloc, value);
+            il.Emit(OpCodes.Stloc, address);
+            il.Emit(OpCodes.Pop); // the vCPU
+            Cpu(); il.Emit(OpCodes.Ldloc, address); il.Emit(store ? OpCodes.Ldloc : OpCodes.Ldloca, value);
+            il.Emit(OpCodes.Call, s_inlinedMemory[$"Try{name}{size}"]);
+            il.Emit(OpCodes.Brtrue, hit);
+            PrepareForFault(clean: false); // only this path: the fast one goes on with the same registers changed
+            Cpu(); il.Emit(OpCodes.Ldloc, address);
+            if (store) il.Emit(OpCodes.Ldloc, value);
+            il.Emit(OpCodes.Call, s_calledMemory[$"{name}{size}"]);
+            if (!store) il.Emit(OpCodes.Stloc, value);
+            il.MarkLabel(hit);
+            if (!store) il.Emit(OpCodes.Ldloc, value);
+        }
+
+        private LocalBuilder? _memAddress, _memValue;
 
         /// <summary>Truncates the ulong on the stack to <paramref name="size"/> bytes, zero-extended (nothing for 8).</summary>
         private void ZeroExtend(int size)
@@ -1460,7 +1505,11 @@ internal static class BlockTranslator
         private void Call(string op, int writes = NoRegister)
         {
             bool touchesRegisters = !LeavesRegistersAlone(op);
-            if (touchesRegisters) WriteBack(clean: true);
+            if (touchesRegisters)
+            {
+                if (_registersInLocals) PrepareForFault(clean: true); // templates and the interpreter may fault
+                else WriteBack(clean: true);
+            }
             EmitCall(op);
             if (!touchesRegisters) return;
             if (writes == AllRegisters) ReloadAll();

@@ -319,6 +319,40 @@ public sealed unsafe partial class EmulatorVcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Write(ulong la, int size, ulong v) => Write(la, size, v, NeedW);
 
+    /// <summary>
+    /// Read's TLB fast path alone: false (nothing read) on a miss, where Read would walk the page tables and may fault.
+    /// Translated loops call it so that what a fault needs (registers written back, FaultRip) is done only on the miss.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryReadFast(ulong la, int size, int need, out ulong v)
+    {
+        ref var e = ref TlbSlot(la >> 12);
+        uint off = (uint)la & 0xFFF;
+        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
+        {
+            // SAFETY: as in Read: Host is a whole RAM page and the access stays inside it.
+            byte* p = e.Host + off;
+            v = size switch { 1 => *p, 2 => Unsafe.ReadUnaligned<ushort>(p), 4 => Unsafe.ReadUnaligned<uint>(p), _ => Unsafe.ReadUnaligned<ulong>(p) };
+            return true;
+        }
+        v = 0;
+        return false;
+    }
+
+    /// <summary>Write's TLB fast path alone (see <see cref="TryReadFast"/>): false (nothing written) on a miss.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryWriteFast(ulong la, int size, ulong v, int need)
+    {
+        ref var e = ref TlbSlot(la >> 12);
+        uint off = (uint)la & 0xFFF;
+        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
+        {
+            StoreToPage(ref e, off, size, v);
+            return true;
+        }
+        return false;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Write(ulong la, int size, ulong v, int need)
     {

@@ -64,6 +64,21 @@ public sealed partial class EmulatorVcpu
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Store(EmulatorVcpu c, ulong la, int size, ulong v) => c.Write(la, size, v);
 
+        // The TLB fast path alone, for translated loops (false on a miss: the caller then writes its registers back,
+        // sets FaultRip and calls CalledMemory's access, which may fault).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoad1(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 1, c.NeedR, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoad2(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 2, c.NeedR, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoad4(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 4, c.NeedR, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoad8(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 8, c.NeedR, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoadForWrite1(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 1, c.NeedW, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoadForWrite2(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 2, c.NeedW, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoadForWrite4(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 4, c.NeedW, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryLoadForWrite8(EmulatorVcpu c, ulong la, out ulong v) => c.TryReadFast(la, 8, c.NeedW, out v);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryStore1(EmulatorVcpu c, ulong la, ulong v) => c.TryWriteFast(la, 1, v, c.NeedW);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryStore2(EmulatorVcpu c, ulong la, ulong v) => c.TryWriteFast(la, 2, v, c.NeedW);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryStore4(EmulatorVcpu c, ulong la, ulong v) => c.TryWriteFast(la, 4, v, c.NeedW);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static bool TryStore8(EmulatorVcpu c, ulong la, ulong v) => c.TryWriteFast(la, 8, v, c.NeedW);
+
         // The same per-size shape as CalledMemory's (the translator picks either by name).
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load1(EmulatorVcpu c, ulong la) => c.Read(la, 1);
         [MethodImpl(MethodImplOptions.AggressiveInlining)] public static ulong Load2(EmulatorVcpu c, ulong la) => c.Read(la, 2);
