@@ -875,7 +875,7 @@ internal static class BlockTranslator
         private bool TryKnownCondition(int cc)
         {
             // Either this entry's own ALU part (a fused compare-and-branch) or an earlier entry's whose flags are still
-            // the current ones (see KnownFlagsMayHaveChanged).
+            // the current ones (EmitBlock forgets them at branch targets and after anything else that changes flags).
             if (_knownFlagsAt < 0) return false;
             int state = _knownAlu switch
             {
@@ -978,8 +978,8 @@ internal static class BlockTranslator
         private const int KnownIncDec = -1;
 
         /// <summary>
-        /// With CF (0 or 1, a ulong) on the stack, which this entry sets as the flags' only state (a shift, rotate or IMUL
-        /// with SetSzp; the value stays on the stack): keeps a copy for a later INC/DEC or ADC/SBB (see <see cref="CarryFlag"/>).
+        /// With the CF (0 or 1, a ulong) that this entry leaves on the stack (a shift, rotate, IMUL or ADC/SBB; the value
+        /// stays on the stack): keeps a copy for a later INC/DEC or ADC/SBB (see <see cref="CarryFlag"/>).
         /// </summary>
         private void RememberCarry()
         {
