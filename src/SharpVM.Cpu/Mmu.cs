@@ -274,25 +274,16 @@ public sealed unsafe partial class EmulatorVcpu
     internal ulong Read(ulong la, int size) => Read(la, size, NeedR);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong Read(ulong la, int size, int need)
-    {
-        ref var e = ref TlbSlot(la >> 12);
-        uint off = (uint)la & 0xFFF;
-        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
-        {
-            // SAFETY: FastPerm is non-zero only for entries whose Host is a whole 4 KiB RAM page (HostPage),
-            // and off + size <= 4096 keeps the access inside it.
-            byte* p = e.Host + off;
-            switch (size)
-            {
-                case 1: return *p;
-                case 2: return Unsafe.ReadUnaligned<ushort>(p);
-                case 4: return Unsafe.ReadUnaligned<uint>(p);
-                default: return Unsafe.ReadUnaligned<ulong>(p);
-            }
-        }
-        return ReadSlow(la, size, need);
-    }
+    internal ulong Read(ulong la, int size, int need) => TryReadFast(la, size, need, out ulong v) ? v : ReadSlow(la, size, need);
+
+    /// <summary>
+    /// Whether TLB entry <paramref name="e"/> serves an access of <paramref name="size"/> bytes at <paramref name="la"/>
+    /// needing <paramref name="need"/> on the fast path: it maps la's page, allows the access, and the access stays in
+    /// the page. FastPerm is non-zero only for entries whose Host is a whole 4 KiB RAM page (HostPage).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool ServesFast(in TlbEntry e, ulong la, int size, int need) =>
+        e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && ((uint)la & 0xFFF) + (uint)size <= 4096;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong ReadSlow(ulong la, int size, int need)
@@ -327,16 +318,15 @@ public sealed unsafe partial class EmulatorVcpu
     internal bool TryReadFast(ulong la, int size, int need, out ulong v)
     {
         ref var e = ref TlbSlot(la >> 12);
-        uint off = (uint)la & 0xFFF;
-        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
+        if (!ServesFast(in e, la, size, need))
         {
-            // SAFETY: as in Read: Host is a whole RAM page and the access stays inside it.
-            byte* p = e.Host + off;
-            v = size switch { 1 => *p, 2 => Unsafe.ReadUnaligned<ushort>(p), 4 => Unsafe.ReadUnaligned<uint>(p), _ => Unsafe.ReadUnaligned<ulong>(p) };
-            return true;
+            v = 0;
+            return false;
         }
-        v = 0;
-        return false;
+        // SAFETY: ServesFast: Host is a whole 4 KiB RAM page and the access stays inside it.
+        byte* p = e.Host + ((uint)la & 0xFFF);
+        v = size switch { 1 => *p, 2 => Unsafe.ReadUnaligned<ushort>(p), 4 => Unsafe.ReadUnaligned<uint>(p), _ => Unsafe.ReadUnaligned<ulong>(p) };
+        return true;
     }
 
     /// <summary>Write's TLB fast path alone (see <see cref="TryReadFast"/>): false (nothing written) on a miss.</summary>
@@ -344,27 +334,16 @@ public sealed unsafe partial class EmulatorVcpu
     internal bool TryWriteFast(ulong la, int size, ulong v, int need)
     {
         ref var e = ref TlbSlot(la >> 12);
-        uint off = (uint)la & 0xFFF;
-        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
-        {
-            StoreToPage(ref e, off, size, v);
-            return true;
-        }
-        return false;
+        if (!ServesFast(in e, la, size, need)) return false;
+        // SAFETY: ServesFast: Host is a whole 4 KiB RAM page and the access stays inside it.
+        StoreToPage(ref e, (uint)la & 0xFFF, size, v);
+        return true;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Write(ulong la, int size, ulong v, int need)
     {
-        ref var e = ref TlbSlot(la >> 12);
-        uint off = (uint)la & 0xFFF;
-        if (e.Vpn == la >> 12 && (e.FastPerm & need) != 0 && off + (uint)size <= 4096)
-        {
-            // SAFETY: as in Read: Host is a whole RAM page and the access stays inside it.
-            StoreToPage(ref e, off, size, v);
-            return;
-        }
-        WriteSlow(la, size, v, need);
+        if (!TryWriteFast(la, size, v, need)) WriteSlow(la, size, v, need);
     }
 
     /// <summary>
